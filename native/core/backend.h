@@ -1,0 +1,142 @@
+// The Backend interface: every op the ViT needs, forward and backward, over raw pointers that
+// live in the backend's own memory. The model (native/model) is composed once over this
+// interface; native/cpu is the reference implementation and native/cuda mirrors it op for op.
+//
+// Dimension letters, used in every shape comment of the project:
+//   B batch          N tokens (1 + P)      P patches         D width
+//   H heads          Dh head width (D/H)   F MLP hidden      C classes
+//   R adapter width  G adapter groups      M rows (B·N or B·P, said where used)
+//   Q patch vector length (3·p·p)
+//
+// Gradient conventions: gradients of parameters ACCUMULATE (+=) so that gradient accumulation
+// and zero_grad() work as in PyTorch; gradients of activations OVERWRITE unless the op says it
+// adds. A null gradient pointer means "not wanted" (a frozen parameter).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "status.h"
+
+namespace repadapter {
+
+enum class DType : int { kF32 = 0, kBF16 = 1 };
+enum class Device : int { kCPU = 0, kCUDA = 1 };
+
+// C[b] = alpha · op(A[b]) · op(B[b]) + beta · C[b] + bias, for b < batch; row-major.
+// op(A) is M×K (stored K×M when trans_a), op(B) is K×N (stored N×K when trans_b); bias has N
+// entries broadcast over rows. A Linear y = x Wᵀ + c is {trans_b = true, B = W, bias = c}.
+struct Gemm {
+  bool trans_a = false, trans_b = false;
+  int64_t M = 0, N = 0, K = 0, batch = 1;
+  const float* A = nullptr; int64_t lda = 0, stride_a = 0;
+  const float* B = nullptr; int64_t ldb = 0, stride_b = 0;
+  float* C = nullptr;       int64_t ldc = 0, stride_c = 0;
+  const float* bias = nullptr;
+  float alpha = 1.0f, beta = 0.0f;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual const char* name() const = 0;
+
+  // ---- memory ---------------------------------------------------------------------------
+  virtual Status allocate(size_t bytes, void** out) = 0;
+  virtual void release(void* ptr) = 0;
+  virtual Status upload(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual Status download(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual Status copy(void* dst, const void* src, size_t bytes) = 0;
+  virtual Status fill(float* x, int64_t n, float value) = 0;
+  virtual Status synchronize() = 0;
+
+  // ---- matrix products (cpu/gemm.cc) ------------------------------------------------------
+  virtual Status gemm(const Gemm& g) = 0;
+  // db[N] += Σ_m dy[m, n]: the bias gradient of a Linear. dy: [M, N].
+  virtual Status bias_backward(const float* dy, float* db, int64_t M, int64_t N) = 0;
+
+  // ---- patch embedding and tokens (cpu/embed.cc) -----------------------------------------
+  // images [B,3,S,S] → patches [B·P, Q], Q ordered (channel, row, column) like the conv weight.
+  virtual Status patchify(const float* images, float* patches, int64_t B, int64_t image_size,
+                          int64_t patch) = 0;
+  // d_images [B,3,S,S] = the transpose of patchify applied to d_patches [B·P, Q] (overwrites).
+  virtual Status patchify_backward(const float* d_patches, float* d_images, int64_t B,
+                                   int64_t image_size, int64_t patch) = 0;
+  // x [B,N,D]: x[b,0] = cls + pos[0]; x[b,1+p] = embedded[b·P+p] + pos[1+p].
+  virtual Status tokens_forward(const float* embedded, const float* cls, const float* pos,
+                                float* x, int64_t B, int64_t P, int64_t D) = 0;
+  // d_embedded [B·P, D] = dx[:,1:] (overwrites); d_cls += Σ_b dx[b,0]; d_pos += Σ_b dx[b].
+  virtual Status tokens_backward(const float* dx, float* d_embedded, float* d_cls, float* d_pos,
+                                 int64_t B, int64_t P, int64_t D) = 0;
+
+  // ---- LayerNorm (cpu/layernorm.cc); rows of x and y may be strided (ld ≥ D) ----------------
+  // y = (x − mean) · rstd · w + b per row; mean, rstd: [M] kept for backward (may be null).
+  virtual Status layernorm_forward(const float* x, int64_t ldx, const float* w, const float* b,
+                                   float* y, int64_t ldy, float* mean, float* rstd, int64_t M,
+                                   int64_t D, float eps) = 0;
+  // dx (stride ldx) ADDS the input gradient: LayerNorm always reads a residual stream, whose
+  // gradient already holds the skip path. dw, db accumulate.
+  virtual Status layernorm_backward(const float* dy, int64_t ldy, const float* x, int64_t ldx,
+                                    const float* w, const float* mean, const float* rstd,
+                                    float* dx, float* dw, float* db, int64_t M, int64_t D) = 0;
+
+  // ---- GELU, exact erf form (cpu/gelu.cc) ------------------------------------------------
+  virtual Status gelu_forward(const float* x, float* y, int64_t n) = 0;
+  // d holds dy on entry and dx on return; x is the GELU input.
+  virtual Status gelu_backward(const float* x, float* d, int64_t n) = 0;
+
+  // ---- multi-head softmax attention, scale Dh^-0.5 (cpu/attention.cc) ----------------------
+  // qkv [B,N,3,H,Dh] (the qkv Linear's output) → out [B,N,H,Dh]. probs [B,H,N,N] keeps the
+  // softmax for backward; null in inference.
+  virtual Status attention_forward(const float* qkv, float* out, float* probs, int64_t B,
+                                   int64_t N, int64_t H, int64_t Dh) = 0;
+  // d_qkv [B,N,3D] from d_out [B,N,D] (overwrites).
+  virtual Status attention_backward(const float* d_out, const float* qkv, const float* probs,
+                                    float* d_qkv, int64_t B, int64_t N, int64_t H,
+                                    int64_t Dh) = 0;
+
+  // ---- RepAdapter pieces (cpu/adapter.cc); the dense down-projection is a gemm -------------
+  // Inverted dropout on z [n] in place; the mask is uniform01(seed, stream, i) >= p.
+  virtual Status dropout_forward(float* z, int64_t n, float p, uint64_t seed,
+                                 uint64_t stream) = 0;
+  // The same mask applied to the gradient, in place.
+  virtual Status dropout_backward(float* dz, int64_t n, float p, uint64_t seed,
+                                  uint64_t stream) = 0;
+  // Group-sparse up-projection with the skip: y = x + s · (B̂ z + b).
+  // x, y: [M, D]; z: [M, R]; w (conv_B): [D, R/G]; b: [D]. Output group k (columns
+  // k·D/G … (k+1)·D/G) reads z columns k·R/G … (k+1)·R/G only. x may equal y.
+  virtual Status adapter_up_forward(const float* x, const float* z, const float* w,
+                                    const float* b, float* y, int64_t M, int64_t D, int64_t R,
+                                    int64_t G, float scale) = 0;
+  // From dy [M, D]: dz [M, R] = s · (B̂ᵀ dy) (overwrites); dw += s · B̂-blocks of dyᵀ z;
+  // db += s · Σ_m dy. The skip's gradient (dx = dy) is left to the caller.
+  virtual Status adapter_up_backward(const float* dy, const float* z, const float* w, float* dz,
+                                     float* dw, float* db, int64_t M, int64_t D, int64_t R,
+                                     int64_t G, float scale) = 0;
+  // Structural re-parameterisation into the Linear (W [O, D], c [O]) that reads the adapter:
+  //   W ← W + s · (W B̂) A,   c ← c + s · W (B̂ a + b)      (low rank, no D×D matrix)
+  // A (conv_A): [R, D]; a: [R]; w (conv_B): [D, R/G]; b: [D].
+  virtual Status adapter_fold(float* W, float* c, const float* A, const float* a,
+                              const float* w, const float* b, int64_t O, int64_t D, int64_t R,
+                              int64_t G, float scale) = 0;
+
+  // ---- residual stream with stochastic depth (cpu/residual.cc) ----------------------------
+  // x[b] += keep_scale[b] · branch[b] over rows of `row` elements; keep_scale [B] (0 for a
+  // dropped sample, 1/keep otherwise); null means all ones.
+  virtual Status residual_add(float* x, const float* branch, const float* keep_scale, int64_t B,
+                              int64_t row) = 0;
+  // d_branch[b] = keep_scale[b] · dx[b] (overwrites).
+  virtual Status residual_backward(const float* dx, float* d_branch, const float* keep_scale,
+                                   int64_t B, int64_t row) = 0;
+
+  // ---- loss (cpu/loss.cc) -----------------------------------------------------------------
+  // Mean softmax cross-entropy over B rows of logits [B, C], against integer labels [B] with
+  // label smoothing ε (loss = (1−ε)·nll + ε·mean_c(−log p_c)), or against soft targets [B, C]
+  // (exactly one of labels / soft_targets is non-null). loss: one float in backend memory;
+  // d_logits [B, C] (overwrites; may be null) is the gradient of that mean.
+  virtual Status cross_entropy(const float* logits, const int32_t* labels,
+                               const float* soft_targets, float smoothing, float* loss,
+                               float* d_logits, int64_t B, int64_t C) = 0;
+};
+
+}  // namespace repadapter

@@ -1,0 +1,29 @@
+// The residual stream with stochastic depth (timm's drop_path): a dropped sample skips the
+// branch, a kept one scales it by 1/keep so the expectation is unchanged.
+#include "cpu_backend.h"
+
+namespace repadapter {
+
+Status CpuBackend::residual_add(float* x, const float* branch, const float* keep_scale, int64_t B,
+                                int64_t row) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < row; ++i) {
+      const float s = keep_scale ? keep_scale[b] : 1.0f;
+      x[b * row + i] += s * branch[b * row + i];
+    }
+  return Status::Ok();
+}
+
+Status CpuBackend::residual_backward(const float* dx, float* d_branch, const float* keep_scale,
+                                     int64_t B, int64_t row) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < row; ++i) {
+      const float s = keep_scale ? keep_scale[b] : 1.0f;
+      d_branch[b * row + i] = s * dx[b * row + i];
+    }
+  return Status::Ok();
+}
+
+}  // namespace repadapter
