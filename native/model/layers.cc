@@ -1,0 +1,61 @@
+#include "layers.h"
+
+namespace repadapter {
+
+Status linear_forward(Backend& be, const float* x, int64_t M, const LinearRef& l, float* y,
+                      float beta) {
+  Gemm g;
+  g.trans_b = true;
+  g.M = M; g.N = l.out; g.K = l.in;
+  g.A = x; g.lda = l.in;
+  g.B = l.w; g.ldb = l.in;
+  g.C = y; g.ldc = l.out;
+  g.bias = l.b;
+  g.beta = beta;
+  return be.gemm(g);
+}
+
+Status linear_backward(Backend& be, const float* dy, const float* x, int64_t M,
+                       const LinearRef& l, float* dx, float beta) {
+  if (dx) {
+    Gemm g;  // dx = dy W
+    g.M = M; g.N = l.in; g.K = l.out;
+    g.A = dy; g.lda = l.out;
+    g.B = l.w; g.ldb = l.in;
+    g.C = dx; g.ldc = l.in;
+    g.beta = beta;
+    RA_RETURN_IF_ERROR(be.gemm(g));
+  }
+  if (l.dw) {
+    Gemm g;  // dW += dyᵀ x
+    g.trans_a = true;
+    g.M = l.out; g.N = l.in; g.K = M;
+    g.A = dy; g.lda = l.out;
+    g.B = x; g.ldb = l.in;
+    g.C = l.dw; g.ldc = l.in;
+    g.beta = 1.0f;
+    RA_RETURN_IF_ERROR(be.gemm(g));
+  }
+  if (l.db) RA_RETURN_IF_ERROR(be.bias_backward(dy, l.db, M, l.out));
+  return Status::Ok();
+}
+
+Status adapter_forward(Backend& be, const AdapterRef& p, const float* x, float* z, float* y,
+                       int64_t M, bool train, uint64_t seed, uint64_t stream) {
+  RA_RETURN_IF_ERROR(linear_forward(be, x, M, p.down, z));
+  if (train && p.dropout > 0)
+    RA_RETURN_IF_ERROR(be.dropout_forward(z, M * p.R, p.dropout, seed, stream));
+  return be.adapter_up_forward(x, z, p.up_w, p.up_b, y, M, p.D, p.R, p.G, p.scale);
+}
+
+Status adapter_backward(Backend& be, const AdapterRef& p, const float* x, const float* z,
+                        float* d, float* dz, int64_t M, bool train, uint64_t seed,
+                        uint64_t stream) {
+  RA_RETURN_IF_ERROR(be.adapter_up_backward(d, z, p.up_w, dz, p.d_up_w, p.d_up_b, M, p.D, p.R,
+                                            p.G, p.scale));
+  if (train && p.dropout > 0)
+    RA_RETURN_IF_ERROR(be.dropout_backward(dz, M * p.R, p.dropout, seed, stream));
+  return linear_backward(be, dz, x, M, p.down, d, 1.0f);
+}
+
+}  // namespace repadapter

@@ -1,0 +1,42 @@
+// Layers built from backend ops: the Linear (a gemm with bias) and the whole RepAdapter. The
+// model and the op checks both call these, so what is checked is what runs.
+#pragma once
+#include <cstdint>
+
+#include "../core/backend.h"
+
+namespace repadapter {
+
+// y = x Wᵀ + b with W [out, in]. dw / db null when frozen.
+struct LinearRef {
+  const float* w; const float* b;
+  float* dw; float* db;
+  int64_t out, in;
+};
+
+// y [M, out] = x [M, in] · Wᵀ + b (+ beta · y).
+Status linear_forward(Backend& be, const float* x, int64_t M, const LinearRef& l, float* y,
+                      float beta = 0.0f);
+// dx [M, in] = dy · W (+ beta · dx), when dx is given; dW += dyᵀ x; db += Σ_m dy.
+Status linear_backward(Backend& be, const float* dy, const float* x, int64_t M,
+                       const LinearRef& l, float* dx, float beta = 0.0f);
+
+// RepAdapter: y = x + s · (B̂ · dropout(A x + a) + b).
+struct AdapterRef {
+  LinearRef down;                 // conv_A as a Linear: [R, D] and [R]
+  const float* up_w; const float* up_b;  // conv_B: [D, R/G] and [D]
+  float* d_up_w; float* d_up_b;
+  int64_t D, R, G;
+  float scale, dropout;
+};
+
+// z [M, R] keeps dropout(A x + a) for backward; y [M, D] must not alias x.
+Status adapter_forward(Backend& be, const AdapterRef& p, const float* x, float* z, float* y,
+                       int64_t M, bool train, uint64_t seed, uint64_t stream);
+// d holds dy on entry and dx on return (the skip passes dy through, the low-rank path adds);
+// dz [M, R] is scratch.
+Status adapter_backward(Backend& be, const AdapterRef& p, const float* x, const float* z,
+                        float* d, float* dz, int64_t M, bool train, uint64_t seed,
+                        uint64_t stream);
+
+}  // namespace repadapter

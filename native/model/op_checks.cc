@@ -1,0 +1,286 @@
+#include "op_checks.h"
+
+#include <functional>
+#include <memory>
+
+#include "layers.h"
+
+namespace repadapter {
+namespace {
+
+// Backend copies of named host tensors, released together.
+class Buffers {
+ public:
+  explicit Buffers(Backend& be) : be_(be) {}
+  ~Buffers() {
+    for (auto& [name, entry] : entries_) be_.release(entry.ptr);
+  }
+  Status put(const std::string& name, const std::vector<float>& host) {
+    RA_RETURN_IF_ERROR(zeros(name, static_cast<int64_t>(host.size())));
+    return be_.upload(entries_[name].ptr, host.data(), host.size() * sizeof(float));
+  }
+  Status zeros(const std::string& name, int64_t n) {
+    Entry e;
+    e.n = n;
+    RA_RETURN_IF_ERROR(be_.allocate(std::max<int64_t>(n, 1) * sizeof(float), reinterpret_cast<void**>(&e.ptr)));
+    entries_[name] = e;
+    return be_.fill(e.ptr, std::max<int64_t>(n, 1), 0.0f);
+  }
+  float* operator[](const std::string& name) { return entries_.at(name).ptr; }
+  Status get(const std::string& name, HostTensors* out) {
+    std::vector<float>& v = (*out)[name];
+    v.resize(entries_.at(name).n);
+    return be_.download(v.data(), entries_.at(name).ptr, v.size() * sizeof(float));
+  }
+
+ private:
+  struct Entry { float* ptr = nullptr; int64_t n = 0; };
+  Backend& be_;
+  std::map<std::string, Entry> entries_;
+};
+
+struct Context {
+  Backend& be;
+  const OpAttrs& attrs;
+  const HostTensors& in;
+  const HostTensors* dout;
+  HostTensors* out;
+  Buffers buf;
+
+  int64_t i(const char* k) const {
+    auto it = attrs.find(k);
+    return it == attrs.end() ? 0 : static_cast<int64_t>(it->second);
+  }
+  float f(const char* k, float fallback = 0) const {
+    auto it = attrs.find(k);
+    return it == attrs.end() ? fallback : static_cast<float>(it->second);
+  }
+  // Uploads the named inputs, checking each has the expected size.
+  Status inputs(std::initializer_list<std::pair<const char*, int64_t>> specs) {
+    for (auto& [name, n] : specs) {
+      auto it = in.find(name);
+      if (it == in.end()) return InvalidArgument(std::string("missing input ") + name);
+      if (static_cast<int64_t>(it->second.size()) != n)
+        return InvalidArgument(std::string("input ") + name + " has " + std::to_string(it->second.size()) +
+                               " values, expected " + std::to_string(n));
+      RA_RETURN_IF_ERROR(buf.put(name, it->second));
+    }
+    return Status::Ok();
+  }
+  Status grad_of(const char* output, int64_t n) {
+    auto it = dout->find(output);
+    if (it == dout->end() || static_cast<int64_t>(it->second.size()) != n)
+      return InvalidArgument(std::string("missing or mis-sized gradient for output ") + output);
+    return buf.put(std::string("dy_") + output, it->second);
+  }
+  Status zeros(const std::string& name, int64_t n) { return buf.zeros(name, n); }
+  Status get(std::initializer_list<const char*> names) {
+    for (const char* n : names) RA_RETURN_IF_ERROR(buf.get(n, out));
+    return Status::Ok();
+  }
+};
+
+using OpFn = std::function<Status(Context&)>;
+
+const std::map<std::string, OpFn>& registry() {
+  static const std::map<std::string, OpFn> ops = {
+    {"linear", [](Context& c) {  // x [M,in], w [out,in], b [out] → y [M,out]
+       const int64_t M = c.i("M"), in = c.i("in"), out = c.i("out");
+       RA_RETURN_IF_ERROR(c.inputs({{"x", M * in}, {"w", out * in}, {"b", out}}));
+       RA_RETURN_IF_ERROR(c.zeros("y", M * out));
+       LinearRef l{c.buf["w"], c.buf["b"], nullptr, nullptr, out, in};
+       RA_RETURN_IF_ERROR(linear_forward(c.be, c.buf["x"], M, l, c.buf["y"]));
+       RA_RETURN_IF_ERROR(c.get({"y"}));
+       if (!c.dout) return Status::Ok();
+       RA_RETURN_IF_ERROR(c.grad_of("y", M * out));
+       RA_RETURN_IF_ERROR(c.zeros("d_x", M * in));
+       RA_RETURN_IF_ERROR(c.zeros("d_w", out * in));
+       RA_RETURN_IF_ERROR(c.zeros("d_b", out));
+       l.dw = c.buf["d_w"];
+       l.db = c.buf["d_b"];
+       RA_RETURN_IF_ERROR(linear_backward(c.be, c.buf["dy_y"], c.buf["x"], M, l, c.buf["d_x"]));
+       return c.get({"d_x", "d_w", "d_b"});
+     }},
+    {"layernorm", [](Context& c) {  // x [M,D], w [D], b [D] → y [M,D]
+       const int64_t M = c.i("M"), D = c.i("D");
+       RA_RETURN_IF_ERROR(c.inputs({{"x", M * D}, {"w", D}, {"b", D}}));
+       RA_RETURN_IF_ERROR(c.zeros("y", M * D));
+       RA_RETURN_IF_ERROR(c.zeros("mean", M));
+       RA_RETURN_IF_ERROR(c.zeros("rstd", M));
+       RA_RETURN_IF_ERROR(c.be.layernorm_forward(c.buf["x"], D, c.buf["w"], c.buf["b"], c.buf["y"], D,
+                                                 c.buf["mean"], c.buf["rstd"], M, D, c.f("eps", 1e-6f)));
+       RA_RETURN_IF_ERROR(c.get({"y"}));
+       if (!c.dout) return Status::Ok();
+       RA_RETURN_IF_ERROR(c.grad_of("y", M * D));
+       RA_RETURN_IF_ERROR(c.zeros("d_x", M * D));
+       RA_RETURN_IF_ERROR(c.zeros("d_w", D));
+       RA_RETURN_IF_ERROR(c.zeros("d_b", D));
+       RA_RETURN_IF_ERROR(c.be.layernorm_backward(c.buf["dy_y"], D, c.buf["x"], D, c.buf["w"], c.buf["mean"],
+                                                  c.buf["rstd"], c.buf["d_x"], c.buf["d_w"], c.buf["d_b"], M, D));
+       return c.get({"d_x", "d_w", "d_b"});
+     }},
+    {"gelu", [](Context& c) {  // x [n] → y [n]
+       const int64_t n = c.i("n");
+       RA_RETURN_IF_ERROR(c.inputs({{"x", n}}));
+       RA_RETURN_IF_ERROR(c.zeros("y", n));
+       RA_RETURN_IF_ERROR(c.be.gelu_forward(c.buf["x"], c.buf["y"], n));
+       RA_RETURN_IF_ERROR(c.get({"y"}));
+       if (!c.dout) return Status::Ok();
+       RA_RETURN_IF_ERROR(c.grad_of("y", n));
+       RA_RETURN_IF_ERROR(c.be.gelu_backward(c.buf["x"], c.buf["dy_y"], n));
+       RA_RETURN_IF_ERROR(c.buf.get("dy_y", c.out));
+       (*c.out)["d_x"] = std::move((*c.out)["dy_y"]);
+       c.out->erase("dy_y");
+       return Status::Ok();
+     }},
+    {"attention", [](Context& c) {  // qkv [B,N,3D] → out [B,N,D]
+       const int64_t B = c.i("B"), N = c.i("N"), H = c.i("H"), Dh = c.i("Dh"), D = H * Dh;
+       RA_RETURN_IF_ERROR(c.inputs({{"qkv", B * N * 3 * D}}));
+       RA_RETURN_IF_ERROR(c.zeros("out", B * N * D));
+       RA_RETURN_IF_ERROR(c.zeros("probs", B * H * N * N));
+       RA_RETURN_IF_ERROR(c.be.attention_forward(c.buf["qkv"], c.buf["out"], c.buf["probs"], B, N, H, Dh));
+       RA_RETURN_IF_ERROR(c.get({"out"}));
+       if (!c.dout) return Status::Ok();
+       RA_RETURN_IF_ERROR(c.grad_of("out", B * N * D));
+       RA_RETURN_IF_ERROR(c.zeros("d_qkv", B * N * 3 * D));
+       RA_RETURN_IF_ERROR(c.be.attention_backward(c.buf["dy_out"], c.buf["qkv"], c.buf["probs"],
+                                                  c.buf["d_qkv"], B, N, H, Dh));
+       return c.get({"d_qkv"});
+     }},
+    {"adapter", [](Context& c) {  // x [M,D], A [R,D], a [R], Bw [D,R/G], b [D] → y [M,D]
+       const int64_t M = c.i("M"), D = c.i("D"), R = c.i("R"), G = c.i("G");
+       const bool train = c.i("train") != 0;
+       const uint64_t seed = static_cast<uint64_t>(c.i("seed"));
+       RA_RETURN_IF_ERROR(c.inputs({{"x", M * D}, {"A", R * D}, {"a", R}, {"Bw", D * (R / G)}, {"b", D}}));
+       RA_RETURN_IF_ERROR(c.zeros("y", M * D));
+       RA_RETURN_IF_ERROR(c.zeros("z", M * R));
+       AdapterRef p{{c.buf["A"], c.buf["a"], nullptr, nullptr, R, D}, c.buf["Bw"], c.buf["b"], nullptr, nullptr,
+                    D, R, G, c.f("scale", 1.0f), c.f("dropout")};
+       RA_RETURN_IF_ERROR(adapter_forward(c.be, p, c.buf["x"], c.buf["z"], c.buf["y"], M, train, seed, 7));
+       RA_RETURN_IF_ERROR(c.get({"y"}));
+       if (!c.dout) return Status::Ok();
+       RA_RETURN_IF_ERROR(c.grad_of("y", M * D));
+       for (auto [n, size] : {std::pair<const char*, int64_t>{"d_A", R * D}, {"d_a", R}, {"d_Bw", D * (R / G)},
+                              {"d_b", D}, {"dz", M * R}})
+         RA_RETURN_IF_ERROR(c.zeros(n, size));
+       p.down.dw = c.buf["d_A"];
+       p.down.db = c.buf["d_a"];
+       p.d_up_w = c.buf["d_Bw"];
+       p.d_up_b = c.buf["d_b"];
+       RA_RETURN_IF_ERROR(adapter_backward(c.be, p, c.buf["x"], c.buf["z"], c.buf["dy_y"], c.buf["dz"], M,
+                                           train, seed, 7));
+       RA_RETURN_IF_ERROR(c.buf.get("dy_y", c.out));
+       (*c.out)["d_x"] = std::move((*c.out)["dy_y"]);
+       c.out->erase("dy_y");
+       return c.get({"d_A", "d_a", "d_Bw", "d_b"});
+     }},
+    {"patch_embed", [](Context& c) {  // images [B,3,S,S], w [D,Q], b [D] → y [B·P, D]
+       const int64_t B = c.i("B"), S = c.i("S"), p = c.i("p"), D = c.i("D");
+       const int64_t P = (S / p) * (S / p), Q = 3 * p * p;
+       RA_RETURN_IF_ERROR(c.inputs({{"images", B * 3 * S * S}, {"w", D * Q}, {"b", D}}));
+       RA_RETURN_IF_ERROR(c.zeros("patches", B * P * Q));
+       RA_RETURN_IF_ERROR(c.zeros("y", B * P * D));
+       LinearRef l{c.buf["w"], c.buf["b"], nullptr, nullptr, D, Q};
+       RA_RETURN_IF_ERROR(c.be.patchify(c.buf["images"], c.buf["patches"], B, S, p));
+       RA_RETURN_IF_ERROR(linear_forward(c.be, c.buf["patches"], B * P, l, c.buf["y"]));
+       RA_RETURN_IF_ERROR(c.get({"y"}));
+       if (!c.dout) return Status::Ok();
+       RA_RETURN_IF_ERROR(c.grad_of("y", B * P * D));
+       RA_RETURN_IF_ERROR(c.zeros("d_patches", B * P * Q));
+       RA_RETURN_IF_ERROR(c.zeros("d_images", B * 3 * S * S));
+       RA_RETURN_IF_ERROR(c.zeros("d_w", D * Q));
+       RA_RETURN_IF_ERROR(c.zeros("d_b", D));
+       l.dw = c.buf["d_w"];
+       l.db = c.buf["d_b"];
+       RA_RETURN_IF_ERROR(linear_backward(c.be, c.buf["dy_y"], c.buf["patches"], B * P, l, c.buf["d_patches"]));
+       RA_RETURN_IF_ERROR(c.be.patchify_backward(c.buf["d_patches"], c.buf["d_images"], B, S, p));
+       return c.get({"d_images", "d_w", "d_b"});
+     }},
+    {"tokens", [](Context& c) {  // embedded [B·P,D], cls [D], pos [N,D] → x [B,N,D]
+       const int64_t B = c.i("B"), P = c.i("P"), D = c.i("D"), N = P + 1;
+       RA_RETURN_IF_ERROR(c.inputs({{"embedded", B * P * D}, {"cls", D}, {"pos", N * D}}));
+       RA_RETURN_IF_ERROR(c.zeros("x", B * N * D));
+       RA_RETURN_IF_ERROR(c.be.tokens_forward(c.buf["embedded"], c.buf["cls"], c.buf["pos"], c.buf["x"], B, P, D));
+       RA_RETURN_IF_ERROR(c.get({"x"}));
+       if (!c.dout) return Status::Ok();
+       RA_RETURN_IF_ERROR(c.grad_of("x", B * N * D));
+       RA_RETURN_IF_ERROR(c.zeros("d_embedded", B * P * D));
+       RA_RETURN_IF_ERROR(c.zeros("d_cls", D));
+       RA_RETURN_IF_ERROR(c.zeros("d_pos", N * D));
+       RA_RETURN_IF_ERROR(c.be.tokens_backward(c.buf["dy_x"], c.buf["d_embedded"], c.buf["d_cls"], c.buf["d_pos"], B, P, D));
+       return c.get({"d_embedded", "d_cls", "d_pos"});
+     }},
+    {"residual", [](Context& c) {  // x [B,row], branch [B,row], keep [B] → y = x + keep·branch
+       const int64_t B = c.i("B"), row = c.i("row");
+       RA_RETURN_IF_ERROR(c.inputs({{"x", B * row}, {"branch", B * row}, {"keep", B}}));
+       RA_RETURN_IF_ERROR(c.be.residual_add(c.buf["x"], c.buf["branch"], c.buf["keep"], B, row));
+       RA_RETURN_IF_ERROR(c.buf.get("x", c.out));
+       (*c.out)["y"] = std::move((*c.out)["x"]);
+       c.out->erase("x");
+       if (!c.dout) return Status::Ok();
+       RA_RETURN_IF_ERROR(c.grad_of("y", B * row));
+       RA_RETURN_IF_ERROR(c.zeros("d_branch", B * row));
+       RA_RETURN_IF_ERROR(c.be.residual_backward(c.buf["dy_y"], c.buf["d_branch"], c.buf["keep"], B, row));
+       RA_RETURN_IF_ERROR(c.buf.get("dy_y", c.out));
+       (*c.out)["d_x"] = std::move((*c.out)["dy_y"]);  // the skip path: dx = dy
+       c.out->erase("dy_y");
+       return c.get({"d_branch"});
+     }},
+    {"cross_entropy", [](Context& c) {  // logits [B,C] + labels [B] or soft [B,C] → loss [1]
+       const int64_t B = c.i("B"), C = c.i("C");
+       const bool soft = c.in.count("soft") > 0;
+       RA_RETURN_IF_ERROR(c.inputs({{"logits", B * C}}));
+       int32_t* labels = nullptr;
+       std::vector<int32_t> host_labels;
+       if (soft) {
+         RA_RETURN_IF_ERROR(c.inputs({{"soft", B * C}}));
+       } else {
+         auto it = c.in.find("labels");
+         if (it == c.in.end() || static_cast<int64_t>(it->second.size()) != B)
+           return InvalidArgument("cross_entropy needs labels [B] or soft [B,C]");
+         for (float v : it->second) host_labels.push_back(static_cast<int32_t>(v));
+         RA_RETURN_IF_ERROR(c.zeros("labels", B));
+         labels = reinterpret_cast<int32_t*>(c.buf["labels"]);
+         RA_RETURN_IF_ERROR(c.be.upload(labels, host_labels.data(), B * sizeof(int32_t)));
+       }
+       RA_RETURN_IF_ERROR(c.zeros("loss", 1));
+       RA_RETURN_IF_ERROR(c.zeros("d_logits", B * C));
+       RA_RETURN_IF_ERROR(c.be.cross_entropy(c.buf["logits"], labels, soft ? c.buf["soft"] : nullptr,
+                                             c.f("smoothing"), c.buf["loss"], c.buf["d_logits"], B, C));
+       RA_RETURN_IF_ERROR(c.get({"loss"}));
+       if (!c.dout) return Status::Ok();
+       auto it = c.dout->find("loss");
+       if (it == c.dout->end() || it->second.size() != 1) return InvalidArgument("missing gradient for loss");
+       RA_RETURN_IF_ERROR(c.get({"d_logits"}));
+       for (float& v : (*c.out)["d_logits"]) v *= it->second[0];
+       return Status::Ok();
+     }},
+    {"fold", [](Context& c) {  // W [O,D], c [O], adapter (A, a, Bw, b) → folded W, c
+       const int64_t O = c.i("O"), D = c.i("D"), R = c.i("R"), G = c.i("G");
+       RA_RETURN_IF_ERROR(c.inputs({{"W", O * D}, {"c", O}, {"A", R * D}, {"a", R}, {"Bw", D * (R / G)}, {"b", D}}));
+       RA_RETURN_IF_ERROR(c.be.adapter_fold(c.buf["W"], c.buf["c"], c.buf["A"], c.buf["a"], c.buf["Bw"], c.buf["b"],
+                                            O, D, R, G, c.f("scale", 1.0f)));
+       return c.get({"W", "c"});
+     }},
+  };
+  return ops;
+}
+
+}  // namespace
+
+std::vector<std::string> op_names() {
+  std::vector<std::string> names;
+  for (const auto& [name, fn] : registry()) names.push_back(name);
+  return names;
+}
+
+Status run_op(Backend& backend, const std::string& name, const OpAttrs& attrs,
+              const HostTensors& inputs, const HostTensors* d_outputs, HostTensors* outputs) {
+  auto it = registry().find(name);
+  if (it == registry().end()) return InvalidArgument("no op named '" + name + "'");
+  Context context{backend, attrs, inputs, d_outputs, outputs, Buffers(backend)};
+  RA_RETURN_IF_ERROR(it->second(context));
+  return backend.synchronize();
+}
+
+}  // namespace repadapter

@@ -1,0 +1,556 @@
+// The ViT forward and backward, written once over the Backend.
+#include "vit.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <unordered_map>
+
+#include "../core/rng.h"
+
+namespace repadapter {
+namespace {
+
+bool is_trainable(Role role, Trainable mode) {
+  switch (mode) {
+    case Trainable::kAll: return true;
+    case Trainable::kHead: return role == Role::kHead;
+    case Trainable::kAdapters: return role == Role::kAdapter || role == Role::kHead;
+  }
+  return false;
+}
+
+// Stochastic depth rate of block i: timm's torch.linspace(0, drop_path, depth)[i].
+float drop_path_rate(const ViTConfig& c, int64_t i) {
+  return c.depth > 1 ? c.drop_path * static_cast<float>(i) / static_cast<float>(c.depth - 1) : 0.0f;
+}
+
+float normal01(uint64_t seed, uint64_t stream, uint64_t i) {
+  // Box–Muller over two independent uniforms; 1 − u keeps the log argument in (0, 1].
+  const double u1 = 1.0 - uniform01(seed, stream, 2 * i);
+  const double u2 = uniform01(seed, stream, 2 * i + 1);
+  return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2));
+}
+
+}  // namespace
+
+ViT::ViT(Backend& backend, const ViTConfig& config) : backend_(backend), config_(config) {}
+
+ViT::~ViT() { free_buffers(); }
+
+void ViT::free_buffers() {
+  backend_.release(frozen_);
+  backend_.release(trainable_);
+  backend_.release(grad_);
+  backend_.release(arena_);
+  frozen_ = trainable_ = grad_ = nullptr;
+  arena_ = nullptr;
+  arena_bytes_ = 0;
+}
+
+Status ViT::Create(Backend& backend, const ViTConfig& config, uint64_t seed,
+                   std::unique_ptr<ViT>* out) {
+  RA_RETURN_IF_ERROR(config.validate());
+  std::unique_ptr<ViT> model(new ViT(backend, config));
+  model->seed_ = seed;
+  model->build_params();
+  RA_RETURN_IF_ERROR(model->layout(false));
+  RA_RETURN_IF_ERROR(model->init_params(seed));
+  *out = std::move(model);
+  return Status::Ok();
+}
+
+// timm's state_dict order, so a saved file lists tensors as timm does.
+void ViT::build_params() {
+  const ViTConfig& c = config_;
+  const int64_t D = c.width, R = c.adapter.hidden, G = c.adapter.groups;
+  params_.clear();
+  auto add = [&](std::string name, std::vector<int64_t> shape, Role role) {
+    Param p;
+    p.name = std::move(name);
+    p.shape = std::move(shape);
+    p.role = role;
+    p.numel = 1;
+    for (int64_t s : p.shape) p.numel *= s;
+    p.trainable = is_trainable(role, c.trainable);
+    params_.push_back(std::move(p));
+  };
+  add("cls_token", {1, 1, D}, Role::kBackbone);
+  add("pos_embed", {1, c.tokens(), D}, Role::kBackbone);
+  add("patch_embed.proj.weight", {D, 3, c.patch_size, c.patch_size}, Role::kBackbone);
+  add("patch_embed.proj.bias", {D}, Role::kBackbone);
+  auto add_adapter = [&](const std::string& prefix) {
+    add(prefix + ".conv_A.weight", {R, D, 1}, Role::kAdapter);
+    add(prefix + ".conv_A.bias", {R}, Role::kAdapter);
+    add(prefix + ".conv_B.weight", {D, R / G, 1}, Role::kAdapter);
+    add(prefix + ".conv_B.bias", {D}, Role::kAdapter);
+  };
+  for (int64_t i = 0; i < c.depth; ++i) {
+    const std::string b = "blocks." + std::to_string(i) + ".";
+    add(b + "norm1.weight", {D}, Role::kNorm);
+    add(b + "norm1.bias", {D}, Role::kNorm);
+    add(b + "attn.qkv.weight", {3 * D, D}, Role::kBackbone);
+    add(b + "attn.qkv.bias", {3 * D}, Role::kBackbone);
+    add(b + "attn.proj.weight", {D, D}, Role::kBackbone);
+    add(b + "attn.proj.bias", {D}, Role::kBackbone);
+    add(b + "norm2.weight", {D}, Role::kNorm);
+    add(b + "norm2.bias", {D}, Role::kNorm);
+    add(b + "mlp.fc1.weight", {c.mlp_hidden, D}, Role::kBackbone);
+    add(b + "mlp.fc1.bias", {c.mlp_hidden}, Role::kBackbone);
+    add(b + "mlp.fc2.weight", {D, c.mlp_hidden}, Role::kBackbone);
+    add(b + "mlp.fc2.bias", {D}, Role::kBackbone);
+    if (c.adapter_attn()) add_adapter(b + "adapter_attn");
+    if (c.adapter_mlp()) add_adapter(b + "adapter_mlp");
+  }
+  add("norm.weight", {D}, Role::kNorm);
+  add("norm.bias", {D}, Role::kNorm);
+  add("head.weight", {c.num_classes, D}, Role::kHead);
+  add("head.bias", {c.num_classes}, Role::kHead);
+}
+
+Param* ViT::find(const std::string& name) {
+  for (Param& p : params_)
+    if (p.name == name) return &p;
+  return nullptr;
+}
+
+void ViT::bind_layers() {
+  auto P = [&](const std::string& n) { return find(n); };
+  cls_ = P("cls_token");
+  pos_ = P("pos_embed");
+  patch_embed_ = {P("patch_embed.proj.weight"), P("patch_embed.proj.bias")};
+  norm_ = {P("norm.weight"), P("norm.bias")};
+  head_ = {P("head.weight"), P("head.bias")};
+  blocks_.assign(config_.depth, Block());
+  for (int64_t i = 0; i < config_.depth; ++i) {
+    const std::string b = "blocks." + std::to_string(i) + ".";
+    Block& k = blocks_[i];
+    k.norm1 = {P(b + "norm1.weight"), P(b + "norm1.bias")};
+    k.norm2 = {P(b + "norm2.weight"), P(b + "norm2.bias")};
+    k.qkv = {P(b + "attn.qkv.weight"), P(b + "attn.qkv.bias")};
+    k.proj = {P(b + "attn.proj.weight"), P(b + "attn.proj.bias")};
+    k.fc1 = {P(b + "mlp.fc1.weight"), P(b + "mlp.fc1.bias")};
+    k.fc2 = {P(b + "mlp.fc2.weight"), P(b + "mlp.fc2.bias")};
+    auto adapter = [&](const std::string& prefix) {
+      return Adapter{P(prefix + ".conv_A.weight"), P(prefix + ".conv_A.bias"),
+                     P(prefix + ".conv_B.weight"), P(prefix + ".conv_B.bias")};
+    };
+    if (config_.adapter_attn()) k.adapter_attn = adapter(b + "adapter_attn");
+    if (config_.adapter_mlp()) k.adapter_mlp = adapter(b + "adapter_mlp");
+  }
+}
+
+// (Re)allocates the frozen, trainable and gradient buffers for the current params_ and their
+// trainable flags. With keep_values, each tensor's values move over from where they are now.
+Status ViT::layout(bool keep_values) {
+  int64_t frozen_n = 0, trainable_n = 0;
+  for (Param& p : params_) {
+    int64_t& n = p.trainable ? trainable_n : frozen_n;
+    p.offset = n;
+    n += (p.numel + 15) / 16 * 16;  // 64-byte aligned tensors
+  }
+  float *frozen = nullptr, *trainable = nullptr, *grad = nullptr;
+  auto cleanup = [&] {
+    backend_.release(frozen);
+    backend_.release(trainable);
+    backend_.release(grad);
+  };
+  Status st = backend_.allocate(frozen_n * sizeof(float), reinterpret_cast<void**>(&frozen));
+  if (st.ok()) st = backend_.allocate(trainable_n * sizeof(float), reinterpret_cast<void**>(&trainable));
+  if (st.ok()) st = backend_.allocate(trainable_n * sizeof(float), reinterpret_cast<void**>(&grad));
+  if (st.ok() && trainable_n) st = backend_.fill(grad, trainable_n, 0.0f);
+  if (!st.ok()) {
+    cleanup();
+    return st;
+  }
+  for (Param& p : params_) {
+    float* dst = (p.trainable ? trainable : frozen) + p.offset;
+    if (keep_values && p.data) {
+      st = backend_.copy(dst, p.data, p.numel * sizeof(float));
+      if (!st.ok()) {
+        cleanup();
+        return st;
+      }
+    }
+    p.data = dst;
+    p.grad = p.trainable ? grad + p.offset : nullptr;
+  }
+  backend_.release(frozen_);
+  backend_.release(trainable_);
+  backend_.release(grad_);
+  frozen_ = frozen;
+  trainable_ = trainable;
+  grad_ = grad;
+  frozen_numel_ = frozen_n;
+  trainable_numel_ = trainable_n;
+  bind_layers();
+  plan_ = Plan();          // what backward keeps depends on what trains
+  have_forward_ = false;
+  return Status::Ok();
+}
+
+Status ViT::set_trainable(Trainable mode) {
+  config_.trainable = mode;
+  for (Param& p : params_) p.trainable = is_trainable(p.role, mode);
+  return layout(true);
+}
+
+// timm's init (init_weights_vit_timm): Linear weights trunc_normal(std .02), biases zero,
+// LayerNorm one / zero, pos_embed trunc_normal(.02), cls_token normal(1e-6); the patch conv
+// keeps PyTorch's default U(±1/√fan_in). Adapters as the paper: A xavier-uniform, the rest zero.
+Status ViT::init_params(uint64_t seed) {
+  const int64_t D = config_.width, R = config_.adapter.hidden;
+  std::vector<float> host;
+  for (size_t index = 0; index < params_.size(); ++index) {
+    Param& p = params_[index];
+    host.assign(p.numel, 0.0f);
+    const std::string& n = p.name;
+    auto ends_with = [&](const char* suffix) {
+      size_t l = std::strlen(suffix);
+      return n.size() >= l && n.compare(n.size() - l, l, suffix) == 0;
+    };
+    auto trunc_normal = [&](float std) {
+      for (int64_t i = 0; i < p.numel; ++i)
+        host[i] = std::clamp(std * normal01(seed, index, i), -2.0f, 2.0f);
+    };
+    if (p.role == Role::kNorm) {
+      if (ends_with(".weight")) std::fill(host.begin(), host.end(), 1.0f);
+    } else if (p.role == Role::kAdapter) {
+      if (ends_with("conv_A.weight")) {
+        const float bound = std::sqrt(6.0f / static_cast<float>(D + R));
+        for (int64_t i = 0; i < p.numel; ++i)
+          host[i] = bound * (2.0f * uniform01(seed, index, i) - 1.0f);
+      }
+    } else if (n == "cls_token") {
+      trunc_normal(1e-6f);
+    } else if (n == "pos_embed") {
+      trunc_normal(0.02f);
+    } else if (n.rfind("patch_embed.", 0) == 0) {
+      const float bound = 1.0f / std::sqrt(static_cast<float>(config_.patch_dim()));
+      for (int64_t i = 0; i < p.numel; ++i)
+        host[i] = bound * (2.0f * uniform01(seed, index, i) - 1.0f);
+    } else if (ends_with(".weight")) {
+      trunc_normal(0.02f);
+    }
+    RA_RETURN_IF_ERROR(backend_.upload(p.data, host.data(), p.numel * sizeof(float)));
+  }
+  return Status::Ok();
+}
+
+uint64_t ViT::dropout_stream(int64_t block, int which) const {
+  return mix64(step_) ^ (static_cast<uint64_t>(block) << 8 | static_cast<uint64_t>(which));
+}
+
+// ---- the activation arena ------------------------------------------------------------------
+
+// keep: activations for a backward through the backbone. Tensors that only a weight gradient
+// reads (the inputs of frozen Linears) are kept only when that weight trains.
+Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
+  if (plan_.B == B && plan_.train == train && plan_.keep == keep &&
+      plan_.input_grad == want_input_grad && arena_)
+    return Status::Ok();
+  const ViTConfig& c = config_;
+  const int64_t N = c.tokens(), P = c.patches(), D = c.width, F = c.mlp_hidden, H = c.heads;
+  const int64_t R = c.adapter_attn() ? c.adapter.hidden : 0, Q = c.patch_dim(), C = c.num_classes;
+  const int64_t M = B * N, S = c.image_size;
+  const bool all = c.trainable == Trainable::kAll;
+  const bool adapters_train = c.trainable != Trainable::kHead;
+  bool drop_path = false;
+  for (int64_t i = 0; i < c.depth; ++i) drop_path |= train && drop_path_rate(c, i) > 0;
+
+  size_t offset = 0;
+  char* base = nullptr;
+  auto take = [&](int64_t n) -> float* {
+    float* p = base ? reinterpret_cast<float*>(base + offset) : nullptr;
+    offset += (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float) + 63) / 64 * 64;
+    return p;
+  };
+  // Two passes: the first measures, the second hands out pointers into one allocation.
+  for (int pass = 0; pass < 2; ++pass) {
+    offset = 0;
+    images_ = take(B * 3 * S * S);
+    patches_ = take(B * P * Q);
+    embedded_ = take(B * P * D);
+    feat_ = take(B * D);
+    logits_ = take(B * C);
+    final_mean_ = take(B);
+    final_rstd_ = take(B);
+    // Buffers shared by all blocks when nothing needs them after the block has run.
+    float* shared_x = take(M * D);
+    float* shared_a = take(M * D);
+    float* shared_u = take(M * D);
+    float* shared_o = take(M * D);
+    float* shared_z = take(M * std::max<int64_t>(R, 1));
+    float* shared_qkv = keep ? nullptr : take(M * 3 * D);
+    float* shared_h = keep ? nullptr : take(M * F);
+    float* shared_g = take(M * F);
+    branch_ = drop_path ? take(M * D) : nullptr;  // a branch's output before stochastic depth
+    saved_.assign(c.depth, Saved());
+    float* x_in = keep ? take(M * D) : shared_x;
+    for (int64_t i = 0; i < c.depth; ++i) {
+      Saved& s = saved_[i];
+      const bool attn_adapter = c.adapter_attn(), mlp_adapter = c.adapter_mlp();
+      s.x_in = x_in;
+      s.mean1 = keep ? take(M) : nullptr;
+      s.rstd1 = keep ? take(M) : nullptr;
+      s.a1 = keep && (attn_adapter ? adapters_train : all) ? take(M * D) : shared_a;
+      s.z1 = keep && attn_adapter ? take(M * R) : shared_z;
+      s.u1 = keep && attn_adapter && all ? take(M * D) : shared_u;
+      s.qkv = keep ? take(M * 3 * D) : shared_qkv;
+      s.probs = keep ? take(B * H * N * N) : nullptr;
+      s.o = keep && all ? take(M * D) : shared_o;
+      s.x_mid = keep ? take(M * D) : shared_x;
+      s.mean2 = keep ? take(M) : nullptr;
+      s.rstd2 = keep ? take(M) : nullptr;
+      s.a2 = keep && (mlp_adapter ? adapters_train : all) ? take(M * D) : shared_a;
+      s.z2 = keep && mlp_adapter ? take(M * R) : shared_z;
+      s.u2 = keep && mlp_adapter && all ? take(M * D) : shared_u;
+      s.h = keep ? take(M * F) : shared_h;
+      s.g = keep && all ? take(M * F) : shared_g;
+      const bool dp = train && drop_path_rate(c, i) > 0;
+      s.keep1 = dp ? take(B) : nullptr;
+      s.keep2 = dp ? take(B) : nullptr;
+      x_in = keep ? take(M * D) : shared_x;
+    }
+    x_final_ = x_in;
+    const bool backward = train;  // a head-only backward still needs the loss buffers
+    d_logits_ = backward ? take(B * C) : nullptr;
+    loss_ = backward ? take(1) : nullptr;
+    labels_ = backward ? reinterpret_cast<int32_t*>(take(B)) : nullptr;
+    soft_ = backward ? take(B * C) : nullptr;
+    d_feat_ = keep ? take(B * D) : nullptr;
+    dx_ = keep ? take(M * D) : nullptr;
+    d_branch_ = keep && drop_path ? take(M * D) : nullptr;
+    d_wide_ = keep ? take(M * std::max(3 * D, F)) : nullptr;
+    d_u_ = keep ? take(M * D) : nullptr;
+    d_z_ = keep && R > 0 ? take(M * R) : nullptr;
+    d_o_ = keep ? take(M * D) : nullptr;
+    const bool embed_grad = keep && (all || want_input_grad);
+    d_embedded_ = embed_grad ? take(B * P * D) : nullptr;
+    d_patches_ = keep && want_input_grad ? take(B * P * Q) : nullptr;
+    d_images_ = keep && want_input_grad ? take(B * 3 * S * S) : nullptr;
+
+    if (pass == 0) {
+      if (offset > arena_bytes_) {
+        backend_.release(arena_);
+        arena_ = nullptr;
+        arena_bytes_ = 0;
+        RA_RETURN_IF_ERROR(backend_.allocate(offset, &arena_));
+        arena_bytes_ = offset;
+      }
+      base = static_cast<char*>(arena_);
+    }
+  }
+  plan_ = {B, train, keep, want_input_grad};
+  return Status::Ok();
+}
+
+// ---- layers ----------------------------------------------------------------------------------
+
+LinearRef ViT::ref(const Linear& l) {
+  const int64_t out = l.w->shape[0];
+  return {l.w->data, l.b->data, l.w->grad, l.b->grad, out, l.w->numel / out};
+}
+
+AdapterRef ViT::ref(const Adapter& a) const {
+  const AdapterConfig& c = config_.adapter;
+  return {ref(Linear{a.A, a.a}), a.Bw->data, a.b->data, a.Bw->grad, a.b->grad,
+          config_.width, c.hidden, c.groups, c.scale, c.dropout};
+}
+
+// ---- forward ---------------------------------------------------------------------------------
+
+Status ViT::forward(const float* images_host, int64_t B, bool train, bool want_input_grad,
+                    float* logits_host) {
+  const ViTConfig& c = config_;
+  if (B <= 0) return InvalidArgument("batch size must be positive");
+  const bool keep = train && (c.trainable != Trainable::kHead || want_input_grad);
+  RA_RETURN_IF_ERROR(plan(B, train, keep, want_input_grad));
+  have_forward_ = false;
+  if (train) ++step_;
+  const int64_t N = c.tokens(), P = c.patches(), D = c.width, F = c.mlp_hidden, S = c.image_size;
+  const int64_t M = B * N;
+
+  RA_RETURN_IF_ERROR(backend_.upload(images_, images_host, B * 3 * S * S * sizeof(float)));
+  RA_RETURN_IF_ERROR(backend_.patchify(images_, patches_, B, S, c.patch_size));
+  RA_RETURN_IF_ERROR(linear_forward(backend_, patches_, B * P, ref(patch_embed_), embedded_));
+  RA_RETURN_IF_ERROR(backend_.tokens_forward(embedded_, cls_->data, pos_->data, saved_[0].x_in, B, P, D));
+
+  std::vector<float> keep_host(B);
+  for (int64_t i = 0; i < c.depth; ++i) {
+    const Block& k = blocks_[i];
+    Saved& s = saved_[i];
+    float* x_out = i + 1 < c.depth ? saved_[i + 1].x_in : x_final_;
+    // Stochastic depth masks for this block, drawn on the host (B numbers each).
+    for (int which = 0; which < 2; ++which) {
+      float* dst = which == 0 ? s.keep1 : s.keep2;
+      if (!dst) continue;
+      const float keep_prob = 1.0f - drop_path_rate(c, i);
+      for (int64_t b = 0; b < B; ++b)
+        keep_host[b] = uniform01(seed_, dropout_stream(i, 2 + which), b) < keep_prob ? 1.0f / keep_prob : 0.0f;
+      RA_RETURN_IF_ERROR(backend_.upload(dst, keep_host.data(), B * sizeof(float)));
+    }
+
+    // Attention branch: x_mid = x_in + drop_path(proj(attn(qkv(adapter(norm1(x_in)))))).
+    RA_RETURN_IF_ERROR(backend_.layernorm_forward(s.x_in, D, k.norm1.w->data, k.norm1.b->data, s.a1, D,
+                                                  s.mean1, s.rstd1, M, D, c.ln_eps));
+    const float* qkv_in = s.a1;
+    if (k.adapter_attn.A) {
+      RA_RETURN_IF_ERROR(adapter_forward(backend_, ref(k.adapter_attn), s.a1, s.z1, s.u1, M, train, seed_, dropout_stream(i, 0)));
+      qkv_in = s.u1;
+    }
+    RA_RETURN_IF_ERROR(linear_forward(backend_, qkv_in, M, ref(k.qkv), s.qkv));
+    RA_RETURN_IF_ERROR(backend_.attention_forward(s.qkv, s.o, s.probs, B, N, c.heads, c.head_dim()));
+    if (s.x_mid != s.x_in) RA_RETURN_IF_ERROR(backend_.copy(s.x_mid, s.x_in, M * D * sizeof(float)));
+    if (s.keep1) {
+      RA_RETURN_IF_ERROR(linear_forward(backend_, s.o, M, ref(k.proj), branch_));
+      RA_RETURN_IF_ERROR(backend_.residual_add(s.x_mid, branch_, s.keep1, B, N * D));
+    } else {
+      RA_RETURN_IF_ERROR(linear_forward(backend_, s.o, M, ref(k.proj), s.x_mid, 1.0f));
+    }
+
+    // MLP branch: x_out = x_mid + drop_path(fc2(gelu(fc1(adapter(norm2(x_mid)))))).
+    RA_RETURN_IF_ERROR(backend_.layernorm_forward(s.x_mid, D, k.norm2.w->data, k.norm2.b->data, s.a2, D,
+                                                  s.mean2, s.rstd2, M, D, c.ln_eps));
+    const float* fc1_in = s.a2;
+    if (k.adapter_mlp.A) {
+      RA_RETURN_IF_ERROR(adapter_forward(backend_, ref(k.adapter_mlp), s.a2, s.z2, s.u2, M, train, seed_, dropout_stream(i, 1)));
+      fc1_in = s.u2;
+    }
+    RA_RETURN_IF_ERROR(linear_forward(backend_, fc1_in, M, ref(k.fc1), s.h));
+    RA_RETURN_IF_ERROR(backend_.gelu_forward(s.h, s.g, M * F));
+    if (x_out != s.x_mid) RA_RETURN_IF_ERROR(backend_.copy(x_out, s.x_mid, M * D * sizeof(float)));
+    if (s.keep2) {
+      RA_RETURN_IF_ERROR(linear_forward(backend_, s.g, M, ref(k.fc2), branch_));
+      RA_RETURN_IF_ERROR(backend_.residual_add(x_out, branch_, s.keep2, B, N * D));
+    } else {
+      RA_RETURN_IF_ERROR(linear_forward(backend_, s.g, M, ref(k.fc2), x_out, 1.0f));
+    }
+  }
+
+  // The head reads only the cls token: LayerNorm its rows (stride N·D) and nothing else.
+  RA_RETURN_IF_ERROR(backend_.layernorm_forward(x_final_, N * D, norm_.w->data, norm_.b->data, feat_, D,
+                                                final_mean_, final_rstd_, B, D, c.ln_eps));
+  RA_RETURN_IF_ERROR(linear_forward(backend_, feat_, B, ref(head_), logits_));
+  RA_RETURN_IF_ERROR(backend_.download(logits_host, logits_, B * c.num_classes * sizeof(float)));
+  have_forward_ = train;
+  have_input_grad_ = false;
+  last_B_ = B;
+  return Status::Ok();
+}
+
+// ---- backward --------------------------------------------------------------------------------
+
+Status ViT::backward(const Target& target, float* loss_host) {
+  const ViTConfig& c = config_;
+  if (!have_forward_)
+    return InvalidArgument("backward needs a training-mode forward first (call train() and forward)");
+  const int64_t B = last_B_, N = c.tokens(), P = c.patches(), D = c.width, F = c.mlp_hidden;
+  const int64_t C = c.num_classes, M = B * N;
+  if ((target.labels == nullptr) == (target.soft_targets == nullptr))
+    return InvalidArgument("backward needs either integer labels or soft targets");
+  if (!(target.smoothing >= 0.0f && target.smoothing < 1.0f))
+    return InvalidArgument("label smoothing must be in [0, 1), got " + std::to_string(target.smoothing));
+  if (target.labels) {
+    for (int64_t b = 0; b < B; ++b)
+      if (target.labels[b] < 0 || target.labels[b] >= C)
+        return OutOfRange("label " + std::to_string(target.labels[b]) + " of sample " +
+                          std::to_string(b) + " is outside [0, " + std::to_string(C) + ")");
+    RA_RETURN_IF_ERROR(backend_.upload(labels_, target.labels, B * sizeof(int32_t)));
+  } else {
+    RA_RETURN_IF_ERROR(backend_.upload(soft_, target.soft_targets, B * C * sizeof(float)));
+  }
+  RA_RETURN_IF_ERROR(backend_.cross_entropy(logits_, target.labels ? labels_ : nullptr,
+                                            target.soft_targets ? soft_ : nullptr, target.smoothing,
+                                            loss_, d_logits_, B, C));
+  RA_RETURN_IF_ERROR(backend_.download(loss_host, loss_, sizeof(float)));
+
+  const bool through_backbone = plan_.keep;
+  RA_RETURN_IF_ERROR(linear_backward(backend_, d_logits_, feat_, B, ref(head_), through_backbone ? d_feat_ : nullptr));
+  if (!through_backbone) return Status::Ok();
+
+  RA_RETURN_IF_ERROR(backend_.fill(dx_, M * D, 0.0f));
+  RA_RETURN_IF_ERROR(backend_.layernorm_backward(d_feat_, D, x_final_, N * D, norm_.w->data, final_mean_,
+                                                 final_rstd_, dx_, norm_.w->grad, norm_.b->grad, B, D));
+  for (int64_t i = c.depth - 1; i >= 0; --i) {
+    const Block& k = blocks_[i];
+    const Saved& s = saved_[i];
+    // MLP branch.
+    const float* d_branch = dx_;
+    if (s.keep2) {
+      RA_RETURN_IF_ERROR(backend_.residual_backward(dx_, d_branch_, s.keep2, B, N * D));
+      d_branch = d_branch_;
+    }
+    RA_RETURN_IF_ERROR(linear_backward(backend_, d_branch, s.g, M, ref(k.fc2), d_wide_));
+    RA_RETURN_IF_ERROR(backend_.gelu_backward(s.h, d_wide_, M * F));
+    RA_RETURN_IF_ERROR(linear_backward(backend_, d_wide_, k.adapter_mlp.A ? s.u2 : s.a2, M, ref(k.fc1), d_u_));
+    if (k.adapter_mlp.A)
+      RA_RETURN_IF_ERROR(adapter_backward(backend_, ref(k.adapter_mlp), s.a2, s.z2, d_u_, d_z_, M, true, seed_, dropout_stream(i, 1)));
+    RA_RETURN_IF_ERROR(backend_.layernorm_backward(d_u_, D, s.x_mid, D, k.norm2.w->data, s.mean2, s.rstd2,
+                                                   dx_, k.norm2.w->grad, k.norm2.b->grad, M, D));
+    // Attention branch.
+    d_branch = dx_;
+    if (s.keep1) {
+      RA_RETURN_IF_ERROR(backend_.residual_backward(dx_, d_branch_, s.keep1, B, N * D));
+      d_branch = d_branch_;
+    }
+    RA_RETURN_IF_ERROR(linear_backward(backend_, d_branch, s.o, M, ref(k.proj), d_o_));
+    RA_RETURN_IF_ERROR(backend_.attention_backward(d_o_, s.qkv, s.probs, d_wide_, B, N, c.heads, c.head_dim()));
+    RA_RETURN_IF_ERROR(linear_backward(backend_, d_wide_, k.adapter_attn.A ? s.u1 : s.a1, M, ref(k.qkv), d_u_));
+    if (k.adapter_attn.A)
+      RA_RETURN_IF_ERROR(adapter_backward(backend_, ref(k.adapter_attn), s.a1, s.z1, d_u_, d_z_, M, true, seed_, dropout_stream(i, 0)));
+    RA_RETURN_IF_ERROR(backend_.layernorm_backward(d_u_, D, s.x_in, D, k.norm1.w->data, s.mean1, s.rstd1,
+                                                   dx_, k.norm1.w->grad, k.norm1.b->grad, M, D));
+  }
+  RA_RETURN_IF_ERROR(backend_.tokens_backward(dx_, d_embedded_, cls_->grad, pos_->grad, B, P, D));
+  if (d_embedded_)
+    RA_RETURN_IF_ERROR(linear_backward(backend_, d_embedded_, patches_, B * P, ref(patch_embed_), d_patches_));
+  if (d_images_) {
+    RA_RETURN_IF_ERROR(backend_.patchify_backward(d_patches_, d_images_, B, c.image_size, c.patch_size));
+    have_input_grad_ = true;
+  }
+  return Status::Ok();
+}
+
+Status ViT::zero_grad() {
+  if (trainable_numel_) return backend_.fill(grad_, trainable_numel_, 0.0f);
+  return Status::Ok();
+}
+
+Status ViT::input_grad(float* host) const {
+  if (!have_input_grad_)
+    return InvalidArgument("no input gradient: run forward with inputGrad requested, then backward");
+  const int64_t S = config_.image_size;
+  return backend_.download(host, d_images_, last_B_ * 3 * S * S * sizeof(float));
+}
+
+// ---- the fold --------------------------------------------------------------------------------
+
+Status ViT::fold() {
+  const ViTConfig& c = config_;
+  if (!c.adapter_attn()) return Status::Ok();
+  const AdapterConfig& a = c.adapter;
+  for (int64_t i = 0; i < c.depth; ++i) {
+    const Block& k = blocks_[i];
+    const Adapter* adapters[2] = {&k.adapter_attn, &k.adapter_mlp};
+    const Linear* targets[2] = {&k.qkv, &k.fc1};
+    for (int j = 0; j < 2; ++j) {
+      const Adapter& p = *adapters[j];
+      if (!p.A) continue;
+      const Linear& l = *targets[j];
+      RA_RETURN_IF_ERROR(backend_.adapter_fold(l.w->data, l.b->data, p.A->data, p.a->data, p.Bw->data,
+                                               p.b->data, l.w->shape[0], c.width, a.hidden, a.groups,
+                                               a.scale));
+    }
+  }
+  // The adapters are gone: rebuild the parameter list without them and move every value over.
+  std::vector<Param> previous = params_;
+  config_.adapter.placement = Placement::kNone;
+  build_params();
+  std::unordered_map<std::string, const Param*> by_name;
+  for (const Param& p : previous) by_name[p.name] = &p;
+  for (Param& p : params_) p.data = by_name.at(p.name)->data;
+  return layout(true);
+}
+
+}  // namespace repadapter

@@ -1,0 +1,140 @@
+// The Vision Transformer with RepAdapter, composed once over the Backend interface.
+//
+// Parameters live in two flat buffers, frozen and trainable, with one flat gradient buffer that
+// mirrors the trainable one (so an optimizer step is one fused call over it). Activations live
+// in one arena planned per (batch size, what backward needs); nothing is allocated per step.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../core/backend.h"
+#include "config.h"
+#include "layers.h"
+
+namespace repadapter {
+
+enum class Role { kBackbone, kNorm, kAdapter, kHead };
+
+struct Param {
+  std::string name;            // timm / official RepAdapter name
+  std::vector<int64_t> shape;  // as PyTorch stores it
+  Role role;
+  int64_t numel = 0;
+  bool trainable = false;
+  int64_t offset = 0;          // in the frozen or the trainable buffer, in floats
+  float* data = nullptr;
+  float* grad = nullptr;       // null when frozen
+};
+
+struct Target {
+  const int32_t* labels = nullptr;        // [B], host memory
+  const float* soft_targets = nullptr;    // [B, C], host memory
+  float smoothing = 0.0f;
+};
+
+class ViT {
+ public:
+  ViT(Backend& backend, const ViTConfig& config);
+  ~ViT();
+  ViT(const ViT&) = delete;
+  ViT& operator=(const ViT&) = delete;
+
+  // Validates the config and initialises: timm's init for the backbone and head, the paper's for
+  // adapters (A xavier-uniform, a, B, b zero: a new adapter is the identity).
+  static Status Create(Backend& backend, const ViTConfig& config, uint64_t seed,
+                       std::unique_ptr<ViT>* out);
+
+  const ViTConfig& config() const { return config_; }
+  Backend& backend() { return backend_; }
+  const std::vector<Param>& params() const { return params_; }
+  Param* find(const std::string& name);
+  int64_t trainable_count() const { return trainable_numel_; }
+  float* trainable_data() { return trainable_; }
+  float* trainable_grad() { return grad_; }
+
+  Status set_trainable(Trainable mode);
+  void set_seed(uint64_t seed) { seed_ = seed; }
+  uint64_t seed() const { return seed_; }
+  uint64_t step() const { return step_; }
+  void set_step(uint64_t step) { step_ = step; }
+
+  // images_host [B,3,S,S] → logits_host [B,C]. train: dropout and drop path on, activations
+  // kept for backward (and, with want_input_grad, for the image gradient too).
+  Status forward(const float* images_host, int64_t B, bool train, bool want_input_grad,
+                 float* logits_host);
+  // Loss of the last training forward against target; accumulates gradients into the
+  // trainable gradient buffer (and the image gradient, if asked for at forward).
+  Status backward(const Target& target, float* loss_host);
+  Status zero_grad();
+  // d loss / d images [B,3,S,S] of the last backward.
+  Status input_grad(float* host) const;
+
+  // Structural re-parameterisation: every adapter into its qkv / fc1; afterwards the model is a
+  // plain ViT with placement none.
+  Status fold();
+
+ private:
+  struct Linear { Param* w = nullptr; Param* b = nullptr; };
+  struct Norm { Param* w = nullptr; Param* b = nullptr; };
+  struct Adapter { Param* A = nullptr; Param* a = nullptr; Param* Bw = nullptr; Param* b = nullptr; };
+  struct Block {
+    Norm norm1, norm2;
+    Adapter adapter_attn, adapter_mlp;  // A == nullptr when absent
+    Linear qkv, proj, fc1, fc2;
+  };
+  // Per-block activations; pointers into the arena. Entries marked "shared" point to one buffer
+  // reused by every block when backward does not need them.
+  struct Saved {
+    float *x_in, *mean1, *rstd1, *a1, *z1, *u1, *qkv, *probs, *o;
+    float *x_mid, *mean2, *rstd2, *a2, *z2, *u2, *h, *g;
+    float *keep1, *keep2;
+  };
+
+  void build_params();
+  void bind_layers();
+  Status layout(bool keep_values);
+  Status init_params(uint64_t seed);
+  Status plan(int64_t B, bool train, bool keep, bool want_input_grad);
+  void free_buffers();
+
+  static LinearRef ref(const Linear& l);
+  AdapterRef ref(const Adapter& a) const;
+  uint64_t dropout_stream(int64_t block, int which) const;
+
+  Backend& backend_;
+  ViTConfig config_;
+  std::vector<Param> params_;
+  Param *cls_ = nullptr, *pos_ = nullptr;
+  Linear patch_embed_, head_;
+  Norm norm_;
+  std::vector<Block> blocks_;
+
+  float* frozen_ = nullptr;
+  float* trainable_ = nullptr;
+  float* grad_ = nullptr;
+  int64_t frozen_numel_ = 0, trainable_numel_ = 0;
+
+  // Activation arena and the plan it was made for.
+  void* arena_ = nullptr;
+  size_t arena_bytes_ = 0;
+  struct Plan { int64_t B = -1; bool train = false, keep = false, input_grad = false; } plan_;
+  float *images_ = nullptr, *patches_ = nullptr, *embedded_ = nullptr, *feat_ = nullptr,
+        *logits_ = nullptr, *final_mean_ = nullptr, *final_rstd_ = nullptr, *x_final_ = nullptr,
+        *branch_ = nullptr;
+  std::vector<Saved> saved_;
+  // Backward scratch.
+  float *dx_ = nullptr, *d_branch_ = nullptr, *d_wide_ = nullptr, *d_u_ = nullptr, *d_z_ = nullptr,
+        *d_o_ = nullptr, *d_feat_ = nullptr, *d_logits_ = nullptr, *d_embedded_ = nullptr,
+        *d_patches_ = nullptr, *d_images_ = nullptr, *loss_ = nullptr, *soft_ = nullptr;
+  int32_t* labels_ = nullptr;
+
+  uint64_t seed_ = 0;
+  uint64_t step_ = 0;          // advances once per training forward: fresh dropout masks
+  bool have_forward_ = false;  // a training forward whose activations backward may use
+  bool have_input_grad_ = false;
+  int64_t last_B_ = 0;
+};
+
+}  // namespace repadapter
