@@ -1,0 +1,481 @@
+// The N-API surface: the only code that includes napi.h. Everything here converts and checks
+// arguments, calls the native core, and turns a Status into a JS error; no math lives here.
+#include <napi.h>
+
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../cpu/cpu_backend.h"
+#include "../model/op_checks.h"
+#include "../model/vit.h"
+#include "addon_data.h"
+#include "compute_queue.h"
+#include "errors.h"
+#include "tensor.h"
+
+namespace repadapter {
+namespace {
+
+// ---- argument helpers -------------------------------------------------------------------------
+
+[[noreturn]] void throw_type(Napi::Env env, const std::string& message) { throw_invalid(env, message); }
+
+int64_t get_int(Napi::Object o, const char* key, int64_t fallback) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return fallback;
+  if (!v.IsNumber()) throw_type(o.Env(), std::string("expected an integer for ") + key);
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (d != static_cast<double>(static_cast<int64_t>(d)))
+    throw_type(o.Env(), std::string("expected an integer for ") + key + ", got " + std::to_string(d));
+  return static_cast<int64_t>(d);
+}
+
+double get_number(Napi::Object o, const char* key, double fallback) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return fallback;
+  if (!v.IsNumber()) throw_type(o.Env(), std::string("expected a number for ") + key);
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+std::string get_string(Napi::Object o, const char* key, const std::string& fallback) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return fallback;
+  if (!v.IsString()) throw_type(o.Env(), std::string("expected a string for ") + key);
+  return v.As<Napi::String>().Utf8Value();
+}
+
+Napi::Float32Array float_array(Napi::Env env, Napi::Value v, const char* what) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    throw_type(env, std::string("expected a Float32Array for ") + what);
+  return v.As<Napi::Float32Array>();
+}
+
+ViTConfig parse_config(Napi::Env env, Napi::Object o) {
+  ViTConfig c;
+  c.image_size = get_int(o, "imageSize", c.image_size);
+  c.patch_size = get_int(o, "patchSize", c.patch_size);
+  c.width = get_int(o, "width", c.width);
+  c.depth = get_int(o, "depth", c.depth);
+  c.heads = get_int(o, "heads", c.heads);
+  c.mlp_hidden = get_int(o, "mlpHidden", c.mlp_hidden);
+  c.num_classes = get_int(o, "numClasses", c.num_classes);
+  c.drop_path = static_cast<float>(get_number(o, "dropPath", c.drop_path));
+  c.ln_eps = static_cast<float>(get_number(o, "layerNormEps", c.ln_eps));
+  std::string trainable = get_string(o, "trainable", "adapters");
+  if (trainable == "adapters") c.trainable = Trainable::kAdapters;
+  else if (trainable == "head") c.trainable = Trainable::kHead;
+  else if (trainable == "all") c.trainable = Trainable::kAll;
+  else throw_type(env, "expected 'adapters' | 'head' | 'all' for trainable, got '" + trainable + "'");
+  Napi::Value a = o.Get("adapter");
+  if (a.IsObject()) {
+    Napi::Object ao = a.As<Napi::Object>();
+    std::string placement = get_string(ao, "placement", "attn");
+    if (placement == "attn") c.adapter.placement = Placement::kAttn;
+    else if (placement == "block") c.adapter.placement = Placement::kBlock;
+    else if (placement == "none") c.adapter.placement = Placement::kNone;
+    else throw_type(env, "expected 'attn' | 'block' | 'none' for adapter.placement, got '" + placement + "'");
+    c.adapter.hidden = get_int(ao, "hidden", c.adapter.hidden);
+    c.adapter.groups = get_int(ao, "groups", c.adapter.groups);
+    c.adapter.scale = static_cast<float>(get_number(ao, "scale", c.adapter.scale));
+    c.adapter.dropout = static_cast<float>(get_number(ao, "dropout", c.adapter.dropout));
+  } else if (!a.IsUndefined() && !a.IsNull()) {
+    throw_type(env, "expected an object or null for adapter");
+  }
+  return c;
+}
+
+Napi::Object config_to_object(Napi::Env env, const ViTConfig& c) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("imageSize", c.image_size);
+  o.Set("patchSize", c.patch_size);
+  o.Set("width", c.width);
+  o.Set("depth", c.depth);
+  o.Set("heads", c.heads);
+  o.Set("mlpHidden", c.mlp_hidden);
+  o.Set("numClasses", c.num_classes);
+  o.Set("dropPath", c.drop_path);
+  o.Set("layerNormEps", c.ln_eps);
+  o.Set("trainable", trainable_name(c.trainable));
+  if (c.adapter.placement == Placement::kNone) {
+    o.Set("adapter", env.Null());
+  } else {
+    Napi::Object a = Napi::Object::New(env);
+    a.Set("placement", placement_name(c.adapter.placement));
+    a.Set("hidden", c.adapter.hidden);
+    a.Set("groups", c.adapter.groups);
+    a.Set("scale", c.adapter.scale);
+    a.Set("dropout", c.adapter.dropout);
+    o.Set("adapter", a);
+  }
+  return o;
+}
+
+// ---- the model ------------------------------------------------------------------------------
+
+class Model : public Napi::ObjectWrap<Model> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "NativeViT", {
+      InstanceMethod<&Model::Params>("params"),
+      InstanceMethod<&Model::GetParam>("getParam"),
+      InstanceMethod<&Model::SetParam>("setParam"),
+      InstanceMethod<&Model::GetGrad>("getGrad"),
+      InstanceMethod<&Model::Forward>("forward"),
+      InstanceMethod<&Model::ForwardAsync>("forwardAsync"),
+      InstanceMethod<&Model::Backward>("backward"),
+      InstanceMethod<&Model::BackwardAsync>("backwardAsync"),
+      InstanceMethod<&Model::InputGrad>("inputGrad"),
+      InstanceMethod<&Model::ZeroGrad>("zeroGrad"),
+      InstanceMethod<&Model::Fold>("fold"),
+      InstanceMethod<&Model::SetTrainable>("setTrainable"),
+      InstanceMethod<&Model::Config>("config"),
+      InstanceMethod<&Model::TrainableCount>("trainableCount"),
+      InstanceMethod<&Model::Rng>("rng"),
+      InstanceMethod<&Model::SetRng>("setRng"),
+      InstanceMethod<&Model::Dispose>("dispose"),
+    });
+  }
+
+  // new NativeViT(config, seed)
+  explicit Model(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Model>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsObject()) throw_type(env, "expected a config object for config");
+    ViTConfig config = parse_config(env, info[0].As<Napi::Object>());
+    uint64_t seed = info.Length() > 1 && info[1].IsNumber()
+                        ? static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value())
+                        : 0;
+    throw_if_error(env, ViT::Create(cpu_backend(), config, seed, &model_));
+  }
+
+ private:
+  ViT& live(Napi::Env env) {
+    if (!model_) {
+      Napi::Error e = Napi::Error::New(env, "this model has been disposed");
+      e.Set("code", Napi::String::New(env, "RA_DISPOSED"));
+      throw e;
+    }
+    if (busy_) {
+      Napi::Error e = Napi::Error::New(env, "this model is busy with an async call; await it first");
+      e.Set("code", Napi::String::New(env, "RA_BUSY"));
+      throw e;
+    }
+    return *model_;
+  }
+
+  Param& param(Napi::Env env, Napi::Value name) {
+    if (!name.IsString()) throw_type(env, "expected a parameter name (string)");
+    std::string n = name.As<Napi::String>().Utf8Value();
+    Param* p = live(env).find(n);
+    if (!p) {
+      Napi::Error e = Napi::Error::New(env, "no parameter named '" + n + "' in this model");
+      e.Set("code", Napi::String::New(env, "RA_INVALID_ARGUMENT"));
+      throw e;
+    }
+    return *p;
+  }
+
+  Napi::Value Params(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const auto& params = live(env).params();
+    Napi::Array out = Napi::Array::New(env, params.size());
+    static const char* roles[] = {"backbone", "norm", "adapter", "head"};
+    for (size_t i = 0; i < params.size(); ++i) {
+      const Param& p = params[i];
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("name", p.name);
+      Napi::Array shape = Napi::Array::New(env, p.shape.size());
+      for (size_t j = 0; j < p.shape.size(); ++j) shape.Set(j, Napi::Number::New(env, p.shape[j]));
+      o.Set("shape", shape);
+      o.Set("role", roles[static_cast<int>(p.role)]);
+      o.Set("trainable", p.trainable);
+      o.Set("offset", p.offset);
+      out.Set(i, o);
+    }
+    return out;
+  }
+
+  Napi::Value GetParam(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Param& p = param(env, info[0]);
+    Napi::Float32Array out = Napi::Float32Array::New(env, p.numel);
+    throw_if_error(env, model_->backend().download(out.Data(), p.data, p.numel * sizeof(float)));
+    return out;
+  }
+
+  void SetParam(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Param& p = param(env, info[0]);
+    Napi::Float32Array data = float_array(env, info[1], p.name.c_str());
+    if (static_cast<int64_t>(data.ElementLength()) != p.numel)
+      throw_type(env, "expected " + std::to_string(p.numel) + " values for " + p.name + ", got " +
+                          std::to_string(data.ElementLength()));
+    throw_if_error(env, model_->backend().upload(p.data, data.Data(), p.numel * sizeof(float)));
+  }
+
+  Napi::Value GetGrad(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Param& p = param(env, info[0]);
+    if (!p.grad) {
+      Napi::Error e = Napi::Error::New(env, "parameter '" + p.name + "' is frozen: it has no gradient");
+      e.Set("code", Napi::String::New(env, "RA_INVALID_ARGUMENT"));
+      throw e;
+    }
+    Napi::Float32Array out = Napi::Float32Array::New(env, p.numel);
+    throw_if_error(env, model_->backend().download(out.Data(), p.grad, p.numel * sizeof(float)));
+    return out;
+  }
+
+  struct ForwardArgs {
+    std::shared_ptr<Storage> images;
+    int64_t B;
+    bool train, input_grad;
+  };
+
+  // (images: Tensor [B,3,S,S], train, inputGrad)
+  ForwardArgs forward_args(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    ViT& m = live(env);
+    const int64_t S = m.config().image_size;
+    NativeTensor& t = NativeTensor::From(env, info[0], "images");
+    const auto& shape = t.shape();
+    if (shape.size() != 4 || shape[0] <= 0 || shape[1] != 3 || shape[2] != S || shape[3] != S) {
+      std::string got = "[";
+      for (size_t i = 0; i < shape.size(); ++i) got += (i ? "," : "") + std::to_string(shape[i]);
+      throw_type(env, "expected images of shape [B,3," + std::to_string(S) + "," + std::to_string(S) +
+                          "] for images, got " + got + "]");
+    }
+    return ForwardArgs{t.storage(), shape[0], info[1].ToBoolean(), info[2].ToBoolean()};
+  }
+
+  // forward(images, train, inputGrad) → Tensor logits [B, C]
+  Napi::Value Forward(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    ForwardArgs a = forward_args(info);
+    std::shared_ptr<Storage> logits;
+    const int64_t C = model_->config().num_classes;
+    throw_if_error(env, NativeTensor::Allocate(cpu_backend(), a.B * C, &logits));
+    throw_if_error(env, model_->forward(a.images->data, a.B, a.train, a.input_grad, logits->data));
+    last_batch_ = a.B;
+    return NativeTensor::Wrap(env, logits, {a.B, C});
+  }
+
+  Napi::Value ForwardAsync(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    ForwardArgs a = forward_args(info);
+    std::shared_ptr<Storage> logits;
+    const int64_t C = model_->config().num_classes;
+    throw_if_error(env, NativeTensor::Allocate(cpu_backend(), a.B * C, &logits));
+    auto job = std::make_unique<Job>(env);
+    ViT* m = model_.get();
+    job->work = [m, a, logits] { return m->forward(a.images->data, a.B, a.train, a.input_grad, logits->data); };
+    job->keep_alive.push_back(Napi::Persistent(Value()));
+    job->finish = [this, a, logits, C](Napi::Env env) -> Napi::Value {
+      last_batch_ = a.B;
+      return NativeTensor::Wrap(env, logits, {a.B, C});
+    };
+    return submit(env, std::move(job));
+  }
+
+  struct BackwardArgs {
+    Target target;
+    Napi::Value holder;
+  };
+
+  // backward(labels: Int32Array | null, soft: Float32Array | null, smoothing)
+  BackwardArgs backward_args(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    live(env);
+    BackwardArgs a;
+    const int64_t C = model_->config().num_classes;
+    if (info[0].IsTypedArray() && info[0].As<Napi::TypedArray>().TypedArrayType() == napi_int32_array) {
+      Napi::Int32Array labels = info[0].As<Napi::Int32Array>();
+      a.target.labels = labels.Data();
+      a.holder = labels;
+      if (!expect_rows(static_cast<int64_t>(labels.ElementLength()), 1))
+        throw_type(env, "expected " + std::to_string(batch()) + " labels (one per image), got " +
+                            std::to_string(labels.ElementLength()));
+    } else if (info[1].IsTypedArray()) {
+      Napi::Float32Array soft = float_array(env, info[1], "soft targets");
+      a.target.soft_targets = soft.Data();
+      a.holder = soft;
+      if (!expect_rows(static_cast<int64_t>(soft.ElementLength()), C))
+        throw_type(env, "expected soft targets of shape [" + std::to_string(batch()) + "," +
+                            std::to_string(C) + "], got " + std::to_string(soft.ElementLength()) + " values");
+      for (size_t i = 0; i < soft.ElementLength(); ++i)
+        if (!(soft[i] >= 0.0f) || !std::isfinite(soft[i]))
+          throw_type(env, "expected soft targets to be finite and non-negative, got " +
+                              std::to_string(soft[i]) + " at index " + std::to_string(i));
+    } else {
+      throw_type(env, "expected labels (Int32Array) or soft targets (Float32Array)");
+    }
+    a.target.smoothing = info[2].IsNumber() ? info[2].As<Napi::Number>().FloatValue() : 0.0f;
+    return a;
+  }
+
+  int64_t batch() const { return last_batch_; }
+  bool expect_rows(int64_t n, int64_t per_row) { return last_batch_ > 0 && n == last_batch_ * per_row; }
+
+  Napi::Value Backward(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    BackwardArgs a = backward_args(info);
+    float loss = 0;
+    throw_if_error(env, model_->backward(a.target, &loss));
+    return Napi::Number::New(env, loss);
+  }
+
+  Napi::Value BackwardAsync(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    BackwardArgs a = backward_args(info);
+    auto job = std::make_unique<Job>(env);
+    auto loss = std::make_shared<float>(0.0f);
+    ViT* m = model_.get();
+    Target t = a.target;
+    job->work = [m, t, loss] { return m->backward(t, loss.get()); };
+    job->keep_alive.push_back(Napi::Persistent(a.holder.As<Napi::Object>()));
+    job->keep_alive.push_back(Napi::Persistent(Value()));
+    job->finish = [loss](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *loss); };
+    return submit(env, std::move(job));
+  }
+
+  Napi::Value submit(Napi::Env env, std::unique_ptr<Job> job) {
+    AddonData* data = env.GetInstanceData<AddonData>();
+    busy_ = true;
+    job->settle = [this] { busy_ = false; };
+    return data->queue->submit(std::move(job));
+  }
+
+  Napi::Value InputGrad(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    ViT& m = live(env);
+    const int64_t S = m.config().image_size;
+    std::shared_ptr<Storage> out;
+    throw_if_error(env, NativeTensor::Allocate(cpu_backend(), last_batch_ * 3 * S * S, &out));
+    throw_if_error(env, m.input_grad(out->data));
+    return NativeTensor::Wrap(env, out, {last_batch_, 3, S, S});
+  }
+
+  void ZeroGrad(const Napi::CallbackInfo& info) { throw_if_error(info.Env(), live(info.Env()).zero_grad()); }
+  void Fold(const Napi::CallbackInfo& info) { throw_if_error(info.Env(), live(info.Env()).fold()); }
+
+  void SetTrainable(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    ViT& m = live(env);
+    std::string mode = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+    Trainable t;
+    if (mode == "adapters") t = Trainable::kAdapters;
+    else if (mode == "head") t = Trainable::kHead;
+    else if (mode == "all") t = Trainable::kAll;
+    else throw_type(env, "expected 'adapters' | 'head' | 'all' for trainable, got '" + mode + "'");
+    throw_if_error(env, m.set_trainable(t));
+  }
+
+  Napi::Value Config(const Napi::CallbackInfo& info) {
+    return config_to_object(info.Env(), live(info.Env()).config());
+  }
+  Napi::Value TrainableCount(const Napi::CallbackInfo& info) {
+    ViT& m = live(info.Env());
+    int64_t n = 0;
+    for (const Param& p : m.params()) n += p.trainable ? p.numel : 0;
+    return Napi::Number::New(info.Env(), static_cast<double>(n));
+  }
+  // rng() → [seed, step] as strings (64-bit values do not fit a JS number).
+  Napi::Value Rng(const Napi::CallbackInfo& info) {
+    ViT& m = live(info.Env());
+    Napi::Array out = Napi::Array::New(info.Env(), 2);
+    out.Set(0u, Napi::BigInt::New(info.Env(), static_cast<uint64_t>(m.seed())));
+    out.Set(1u, Napi::BigInt::New(info.Env(), static_cast<uint64_t>(m.step())));
+    return out;
+  }
+  void SetRng(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    ViT& m = live(env);
+    if (!info[0].IsBigInt() || !info[1].IsBigInt()) throw_type(env, "expected two BigInts for seed and step");
+    bool lossless = true;
+    m.set_seed(info[0].As<Napi::BigInt>().Uint64Value(&lossless));
+    m.set_step(info[1].As<Napi::BigInt>().Uint64Value(&lossless));
+  }
+
+  void Dispose(const Napi::CallbackInfo& info) {
+    if (busy_) {
+      Napi::Error e = Napi::Error::New(info.Env(), "cannot dispose a model while an async call runs on it");
+      e.Set("code", Napi::String::New(info.Env(), "RA_BUSY"));
+      throw e;
+    }
+    model_.reset();
+  }
+
+  std::unique_ptr<ViT> model_;
+  bool busy_ = false;
+  int64_t last_batch_ = 0;
+};
+
+// ---- single ops, for the finite-difference and cross-backend checks ---------------------------
+
+HostTensors host_tensors(Napi::Env env, Napi::Value v, const char* what) {
+  if (!v.IsObject()) throw_type(env, std::string("expected an object of Float32Arrays for ") + what);
+  HostTensors out;
+  Napi::Object o = v.As<Napi::Object>();
+  Napi::Array keys = o.GetPropertyNames();
+  for (uint32_t i = 0; i < keys.Length(); ++i) {
+    std::string k = keys.Get(i).As<Napi::String>().Utf8Value();
+    Napi::Float32Array a = float_array(env, o.Get(k), k.c_str());
+    out[k].assign(a.Data(), a.Data() + a.ElementLength());
+  }
+  return out;
+}
+
+// runOp(name, attrs: {[k]: number}, inputs: {[k]: Float32Array}, dOutputs?) → {[k]: Float32Array}
+Napi::Value RunOp(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) throw_type(env, "expected an op name (string)");
+  if (!info[1].IsObject()) throw_type(env, "expected an attrs object");
+  OpAttrs attrs;
+  Napi::Object ao = info[1].As<Napi::Object>();
+  Napi::Array keys = ao.GetPropertyNames();
+  for (uint32_t i = 0; i < keys.Length(); ++i) {
+    std::string k = keys.Get(i).As<Napi::String>().Utf8Value();
+    if (!ao.Get(k).IsNumber()) throw_type(env, "expected a number for attrs." + k);
+    attrs[k] = ao.Get(k).As<Napi::Number>().DoubleValue();
+  }
+  HostTensors inputs = host_tensors(env, info[2], "inputs");
+  HostTensors d_outputs;
+  const bool backward = info.Length() > 3 && info[3].IsObject();
+  if (backward) d_outputs = host_tensors(env, info[3], "dOutputs");
+  HostTensors outputs;
+  throw_if_error(env, run_op(cpu_backend(), info[0].As<Napi::String>().Utf8Value(), attrs, inputs,
+                             backward ? &d_outputs : nullptr, &outputs));
+  Napi::Object result = Napi::Object::New(env);
+  for (auto& [k, v] : outputs) {
+    Napi::Float32Array a = Napi::Float32Array::New(env, v.size());
+    std::copy(v.begin(), v.end(), a.Data());
+    result.Set(k, a);
+  }
+  return result;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  auto* data = new AddonData();
+  data->queue = std::make_unique<ComputeQueue>(env);
+  Napi::Function tensor_class = NativeTensor::Define(env);
+  data->tensor_class = Napi::Persistent(tensor_class);
+  env.SetInstanceData<AddonData>(data);
+  exports.Set("NativeTensor", tensor_class);
+  // Stop the compute thread before the environment (e.g. a worker thread) goes away.
+  env.AddCleanupHook([data] { data->queue->shutdown(); });
+  exports.Set("NativeViT", Model::Define(env));
+  exports.Set("runOp", Napi::Function::New(env, RunOp, "runOp"));
+  exports.Set("backend", Napi::String::New(env, "cpu"));
+  return exports;
+}
+
+}  // namespace
+}  // namespace repadapter
+
+static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
+  return repadapter::Init(env, exports);
+}
+
+NODE_API_MODULE(repadapter, InitAddon)
