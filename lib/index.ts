@@ -1,0 +1,16 @@
+/** repadapter: RepAdapter for Vision Transformers on a native C++ core. */
+export { ViT, type ParamInfo, type Target, type CreateOptions, type LoadResult } from './vit.js';
+export { Tensor, type DType, type Device } from './tensor.js';
+export { presets, resolveConfig, adapterDefaults, type ViTOptions, type AdapterOptions, type ResolvedConfig } from './config.js';
+export * from './errors.js';
+export {
+  parseSafetensors,
+  readSafetensors,
+  serializeSafetensors,
+  writeSafetensors,
+  toFloat32,
+  toIntArray,
+  type TensorEntry,
+  type SafetensorsContents,
+} from './io/safetensors.js';
+export type { TrainableSet, Placement } from './native.js';

@@ -1,0 +1,142 @@
+/**
+ * The only module that loads the compiled addon. It gives the raw native interface a type, and
+ * turns the native layer's error codes into this package's typed errors.
+ */
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import {
+  ArgumentError,
+  BusyError,
+  DisposedError,
+  NativeError,
+  OutOfRangeError,
+  RepAdapterError,
+} from './errors.js';
+
+export type TrainableSet = 'adapters' | 'head' | 'all';
+export type Placement = 'attn' | 'block';
+
+/** The config object the native model takes (all sizes already resolved). */
+export interface NativeConfig {
+  imageSize: number;
+  patchSize: number;
+  width: number;
+  depth: number;
+  heads: number;
+  mlpHidden: number;
+  numClasses: number;
+  dropPath: number;
+  layerNormEps: number;
+  trainable: TrainableSet;
+  adapter: { placement: Placement; hidden: number; groups: number; scale: number; dropout: number } | null;
+}
+
+export interface NativeParamInfo {
+  name: string;
+  shape: number[];
+  role: 'backbone' | 'norm' | 'adapter' | 'head';
+  trainable: boolean;
+  offset: number;
+}
+
+export interface NativeTensorHandle {
+  toArray(): Float32Array;
+  shape(): number[];
+  disposed(): boolean;
+  device(): 'cpu' | 'cuda';
+  dispose(): void;
+}
+
+export interface NativeViTHandle {
+  params(): NativeParamInfo[];
+  getParam(name: string): Float32Array;
+  setParam(name: string, data: Float32Array): void;
+  getGrad(name: string): Float32Array;
+  forward(images: NativeTensorHandle, train: boolean, inputGrad: boolean): NativeTensorHandle;
+  forwardAsync(images: NativeTensorHandle, train: boolean, inputGrad: boolean): Promise<NativeTensorHandle>;
+  backward(labels: Int32Array | null, soft: Float32Array | null, smoothing: number): number;
+  backwardAsync(labels: Int32Array | null, soft: Float32Array | null, smoothing: number): Promise<number>;
+  inputGrad(): NativeTensorHandle;
+  zeroGrad(): void;
+  fold(): void;
+  setTrainable(mode: TrainableSet): void;
+  config(): NativeConfig;
+  trainableCount(): number;
+  rng(): [bigint, bigint];
+  setRng(seed: bigint, step: bigint): void;
+  dispose(): void;
+}
+
+export interface NativeAddon {
+  NativeViT: new (config: NativeConfig, seed: number) => NativeViTHandle;
+  NativeTensor: new (data: Float32Array, shape: number[]) => NativeTensorHandle;
+  runOp(
+    name: string,
+    attrs: Record<string, number>,
+    inputs: Record<string, Float32Array>,
+    dOutputs?: Record<string, Float32Array>,
+  ): Record<string, Float32Array>;
+  backend: string;
+}
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+function load(): NativeAddon {
+  const require = createRequire(import.meta.url);
+  try {
+    // bindings finds build/Release (cmake-js and node-gyp both put it there).
+    const bindings = require('bindings') as (opts: { bindings: string; module_root: string }) => NativeAddon;
+    return bindings({ bindings: 'repadapter.node', module_root: root });
+  } catch (cause) {
+    throw new NativeError(
+      `the repadapter native addon is not built or cannot load (${(cause as Error).message.split('\n')[0]}). ` +
+        'Run `npm install` (needs cmake, a C++ compiler and oneDNN: `apt-get install -y libdnnl-dev`).',
+      'RA_UNAVAILABLE',
+      { cause },
+    );
+  }
+}
+
+export const native: NativeAddon = load();
+
+/** Rethrows an error from the native layer as this package's typed error. */
+export function translate(error: unknown): never {
+  if (error instanceof RepAdapterError) throw error;
+  const e = error as Error & { code?: string };
+  switch (e?.code) {
+    case 'RA_INVALID_ARGUMENT':
+      throw new ArgumentError(e.message, { cause: e });
+    case 'RA_OUT_OF_RANGE':
+      throw new OutOfRangeError(e.message, { cause: e });
+    case 'RA_DISPOSED':
+      throw new DisposedError(e.message, { cause: e });
+    case 'RA_BUSY':
+      throw new BusyError(e.message, { cause: e });
+    case 'RA_OUT_OF_MEMORY':
+    case 'RA_UNAVAILABLE':
+    case 'RA_INTERNAL':
+      throw new NativeError(e.message, e.code, { cause: e });
+    default:
+      throw error;
+  }
+}
+
+/** Calls into the native layer, translating its errors. */
+export function call<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (error) {
+    translate(error);
+  }
+}
+
+/** The same for promise-returning native calls. */
+export async function callAsync<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (error) {
+    translate(error);
+  }
+}
