@@ -14,6 +14,7 @@
         "native/cpu/adapter.cc",
         "native/cpu/residual.cc",
         "native/cpu/loss.cc",
+        "native/cpu/optimizer.cc",
         "native/model/config.cc",
         "native/model/layers.cc",
         "native/model/vit.cc",

@@ -66,6 +66,11 @@ export interface NativeViTHandle {
   trainableCount(): number;
   rng(): [bigint, bigint];
   setRng(seed: bigint, step: bigint): void;
+  adamwStep(ranges: Float64Array, hyper: { beta1: number; beta2: number; eps: number; step: number; gradScale: number }): void;
+  sgdStep(ranges: Float64Array, hyper: { momentum: number; dampening: number; nesterov: boolean; first: boolean; gradScale: number }): void;
+  gradSumSquares(): number;
+  getOptimizerState(slot: 0 | 1): Float32Array | null;
+  setOptimizerState(slot: 0 | 1, data: Float32Array): void;
   dispose(): void;
 }
 

@@ -35,6 +35,21 @@ struct Gemm {
   float alpha = 1.0f, beta = 0.0f;
 };
 
+// One optimizer step's hyperparameters for a range of the flat trainable buffer. `step` counts
+// from 1 (Adam's bias correction); grad_scale multiplies the raw gradient first (clipping by
+// global norm, averaging accumulated micro-batches).
+struct AdamWStep {
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
+  int64_t step = 1;
+  float grad_scale = 1.0f;
+};
+struct SgdStep {
+  float lr = 1e-2f, momentum = 0.0f, dampening = 0.0f, weight_decay = 0.0f;
+  bool nesterov = false;
+  bool first = true;  // the momentum buffer starts as the first gradient (torch.optim.SGD)
+  float grad_scale = 1.0f;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -137,6 +152,18 @@ class Backend {
   virtual Status cross_entropy(const float* logits, const int32_t* labels,
                                const float* soft_targets, float smoothing, float* loss,
                                float* d_logits, int64_t B, int64_t C) = 0;
+
+  // ---- optimizer updates, fused over n entries of the flat buffers (cpu/optimizer.cc) -------
+  // AdamW exactly as torch.optim.AdamW: p ← p·(1 − lr·wd); m ← β1·m + (1−β1)·g;
+  // v ← β2·v + (1−β2)·g²; p ← p − lr·(m/(1−β1ᵗ)) / (√(v/(1−β2ᵗ)) + eps).
+  virtual Status adamw_update(float* param, const float* grad, float* m, float* v, int64_t n,
+                              const AdamWStep& s) = 0;
+  // SGD exactly as torch.optim.SGD: g ← g + wd·p; buf ← momentum·buf + (1−dampening)·g (buf ← g
+  // on the first step); g ← nesterov ? g + momentum·buf : buf; p ← p − lr·g.
+  virtual Status sgd_update(float* param, const float* grad, float* buf, int64_t n,
+                            const SgdStep& s) = 0;
+  // Σ x² in float64, written to host memory (the global norm for gradient clipping).
+  virtual Status sum_squares(const float* x, int64_t n, double* host_out) = 0;
 };
 
 }  // namespace repadapter

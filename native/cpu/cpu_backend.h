@@ -67,6 +67,12 @@ class CpuBackend final : public Backend {
   Status cross_entropy(const float* logits, const int32_t* labels, const float* soft_targets,
                        float smoothing, float* loss, float* d_logits, int64_t B,
                        int64_t C) override;
+
+  Status adamw_update(float* param, const float* grad, float* m, float* v, int64_t n,
+                      const AdamWStep& s) override;
+  Status sgd_update(float* param, const float* grad, float* buf, int64_t n,
+                    const SgdStep& s) override;
+  Status sum_squares(const float* x, int64_t n, double* host_out) override;
 };
 
 // The process-wide CPU backend (stateless apart from oneDNN's primitive cache).

@@ -255,6 +255,26 @@ const std::map<std::string, OpFn>& registry() {
        for (float& v : (*c.out)["d_logits"]) v *= it->second[0];
        return Status::Ok();
      }},
+    {"adamw", [](Context& c) {  // param, grad, m, v [n] → updated param, m, v
+       const int64_t n = c.i("n");
+       RA_RETURN_IF_ERROR(c.inputs({{"param", n}, {"grad", n}, {"m", n}, {"v", n}}));
+       AdamWStep s;
+       s.lr = c.f("lr", s.lr); s.beta1 = c.f("beta1", s.beta1); s.beta2 = c.f("beta2", s.beta2);
+       s.eps = c.f("eps", s.eps); s.weight_decay = c.f("weight_decay"); s.step = c.i("step");
+       s.grad_scale = c.f("grad_scale", 1.0f);
+       RA_RETURN_IF_ERROR(c.be.adamw_update(c.buf["param"], c.buf["grad"], c.buf["m"], c.buf["v"], n, s));
+       return c.get({"param", "m", "v"});
+     }},
+    {"sgd", [](Context& c) {  // param, grad, buf [n] → updated param, buf
+       const int64_t n = c.i("n");
+       RA_RETURN_IF_ERROR(c.inputs({{"param", n}, {"grad", n}, {"buf", n}}));
+       SgdStep s;
+       s.lr = c.f("lr", s.lr); s.momentum = c.f("momentum"); s.dampening = c.f("dampening");
+       s.weight_decay = c.f("weight_decay"); s.nesterov = c.i("nesterov") != 0; s.first = c.i("first") != 0;
+       s.grad_scale = c.f("grad_scale", 1.0f);
+       RA_RETURN_IF_ERROR(c.be.sgd_update(c.buf["param"], c.buf["grad"], c.buf["buf"], n, s));
+       return c.get({"param", "buf"});
+     }},
     {"fold", [](Context& c) {  // W [O,D], c [O], adapter (A, a, Bw, b) → folded W, c
        const int64_t O = c.i("O"), D = c.i("D"), R = c.i("R"), G = c.i("G");
        RA_RETURN_IF_ERROR(c.inputs({{"W", O * D}, {"c", O}, {"A", R * D}, {"a", R}, {"Bw", D * (R / G)}, {"b", D}}));

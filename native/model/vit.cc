@@ -43,6 +43,9 @@ void ViT::free_buffers() {
   backend_.release(trainable_);
   backend_.release(grad_);
   backend_.release(arena_);
+  backend_.release(state0_);
+  backend_.release(state1_);
+  state0_ = state1_ = nullptr;
   frozen_ = trainable_ = grad_ = nullptr;
   arena_ = nullptr;
   arena_bytes_ = 0;
@@ -178,6 +181,9 @@ Status ViT::layout(bool keep_values) {
   backend_.release(frozen_);
   backend_.release(trainable_);
   backend_.release(grad_);
+  backend_.release(state0_);
+  backend_.release(state1_);
+  state0_ = state1_ = nullptr;  // optimizer state belongs to the old trainable set
   frozen_ = frozen;
   trainable_ = trainable;
   grad_ = grad;
@@ -522,6 +528,56 @@ Status ViT::input_grad(float* host) const {
     return InvalidArgument("no input gradient: run forward with inputGrad requested, then backward");
   const int64_t S = config_.image_size;
   return backend_.download(host, d_images_, last_B_ * 3 * S * S * sizeof(float));
+}
+
+// ---- optimizer ---------------------------------------------------------------------------------
+
+Status ViT::ensure_optimizer_state(int slots) {
+  float** state[2] = {&state0_, &state1_};
+  for (int k = 0; k < slots; ++k) {
+    if (*state[k] || trainable_numel_ == 0) continue;
+    RA_RETURN_IF_ERROR(backend_.allocate(trainable_numel_ * sizeof(float), reinterpret_cast<void**>(state[k])));
+    RA_RETURN_IF_ERROR(backend_.fill(*state[k], trainable_numel_, 0.0f));
+  }
+  return Status::Ok();
+}
+
+static Status check_ranges(const std::vector<ViT::UpdateRange>& ranges, int64_t total) {
+  for (const auto& r : ranges)
+    if (r.offset < 0 || r.n < 0 || r.offset + r.n > total)
+      return OutOfRange("optimizer range [" + std::to_string(r.offset) + ", " + std::to_string(r.offset + r.n) +
+                        ") is outside the trainable buffer of " + std::to_string(total) + " values");
+  return Status::Ok();
+}
+
+Status ViT::adamw_step(const std::vector<UpdateRange>& ranges, AdamWStep hyper) {
+  RA_RETURN_IF_ERROR(check_ranges(ranges, trainable_numel_));
+  RA_RETURN_IF_ERROR(ensure_optimizer_state(2));
+  for (const auto& r : ranges) {
+    hyper.lr = r.lr;
+    hyper.weight_decay = r.weight_decay;
+    RA_RETURN_IF_ERROR(backend_.adamw_update(trainable_ + r.offset, grad_ + r.offset, state0_ + r.offset,
+                                             state1_ + r.offset, r.n, hyper));
+  }
+  return Status::Ok();
+}
+
+Status ViT::sgd_step(const std::vector<UpdateRange>& ranges, SgdStep hyper) {
+  RA_RETURN_IF_ERROR(check_ranges(ranges, trainable_numel_));
+  if (hyper.momentum != 0.0f) RA_RETURN_IF_ERROR(ensure_optimizer_state(1));
+  for (const auto& r : ranges) {
+    hyper.lr = r.lr;
+    hyper.weight_decay = r.weight_decay;
+    RA_RETURN_IF_ERROR(backend_.sgd_update(trainable_ + r.offset, grad_ + r.offset, state0_ ? state0_ + r.offset : nullptr,
+                                           r.n, hyper));
+  }
+  return Status::Ok();
+}
+
+Status ViT::grad_sum_squares(double* out) {
+  *out = 0;
+  if (trainable_numel_ == 0) return Status::Ok();
+  return backend_.sum_squares(grad_, trainable_numel_, out);
 }
 
 // ---- the fold --------------------------------------------------------------------------------

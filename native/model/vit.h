@@ -71,6 +71,19 @@ class ViT {
   // d loss / d images [B,3,S,S] of the last backward.
   Status input_grad(float* host) const;
 
+  // ---- optimizer ------------------------------------------------------------------------------
+  // One update over ranges of the flat trainable buffer (offsets and sizes in floats, as
+  // Param::offset), each with its own learning rate and weight decay. The state (Adam's m and v,
+  // or SGD's momentum) lives beside the buffer and is dropped when the trainable set changes.
+  struct UpdateRange { int64_t offset, n; float lr, weight_decay; };
+  Status adamw_step(const std::vector<UpdateRange>& ranges, AdamWStep hyper);
+  Status sgd_step(const std::vector<UpdateRange>& ranges, SgdStep hyper);
+  // Σ grad² over the trainable buffer, for clipping by global norm.
+  Status grad_sum_squares(double* out);
+  // Optimizer state slot k (0: m or momentum, 1: v), trainable_count() floats; null if none yet.
+  float* optimizer_state(int k) { return k == 0 ? state0_ : k == 1 ? state1_ : nullptr; }
+  Status ensure_optimizer_state(int slots);
+
   // Structural re-parameterisation: every adapter into its qkv / fc1; afterwards the model is a
   // plain ViT with placement none.
   Status fold();
@@ -114,6 +127,8 @@ class ViT {
   float* frozen_ = nullptr;
   float* trainable_ = nullptr;
   float* grad_ = nullptr;
+  float* state0_ = nullptr;
+  float* state1_ = nullptr;
   int64_t frozen_numel_ = 0, trainable_numel_ = 0;
 
   // Activation arena and the plan it was made for.

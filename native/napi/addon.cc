@@ -135,6 +135,11 @@ class Model : public Napi::ObjectWrap<Model> {
       InstanceMethod<&Model::TrainableCount>("trainableCount"),
       InstanceMethod<&Model::Rng>("rng"),
       InstanceMethod<&Model::SetRng>("setRng"),
+      InstanceMethod<&Model::AdamWStep>("adamwStep"),
+      InstanceMethod<&Model::SgdStep>("sgdStep"),
+      InstanceMethod<&Model::GradSumSquares>("gradSumSquares"),
+      InstanceMethod<&Model::GetOptimizerState>("getOptimizerState"),
+      InstanceMethod<&Model::SetOptimizerState>("setOptimizerState"),
       InstanceMethod<&Model::Dispose>("dispose"),
     });
   }
@@ -396,6 +401,82 @@ class Model : public Napi::ObjectWrap<Model> {
     bool lossless = true;
     m.set_seed(info[0].As<Napi::BigInt>().Uint64Value(&lossless));
     m.set_step(info[1].As<Napi::BigInt>().Uint64Value(&lossless));
+  }
+
+  // ---- optimizer ----------------------------------------------------------------------------
+
+  // ranges: Float64Array of (offset, n, lr, weightDecay) quadruples.
+  std::vector<ViT::UpdateRange> ranges(Napi::Env env, Napi::Value v) {
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+        v.As<Napi::TypedArray>().ElementLength() % 4 != 0)
+      throw_type(env, "expected a Float64Array of (offset, n, lr, weightDecay) quadruples for ranges");
+    Napi::Float64Array a = v.As<Napi::Float64Array>();
+    std::vector<ViT::UpdateRange> out;
+    for (size_t i = 0; i < a.ElementLength(); i += 4)
+      out.push_back({static_cast<int64_t>(a[i]), static_cast<int64_t>(a[i + 1]), static_cast<float>(a[i + 2]),
+                     static_cast<float>(a[i + 3])});
+    return out;
+  }
+
+  // adamwStep(ranges, {beta1, beta2, eps, step, gradScale})
+  void AdamWStep(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    ViT& m = live(env);
+    if (!info[1].IsObject()) throw_type(env, "expected an object of AdamW hyperparameters");
+    Napi::Object h = info[1].As<Napi::Object>();
+    repadapter::AdamWStep s;
+    s.beta1 = static_cast<float>(get_number(h, "beta1", s.beta1));
+    s.beta2 = static_cast<float>(get_number(h, "beta2", s.beta2));
+    s.eps = static_cast<float>(get_number(h, "eps", s.eps));
+    s.step = get_int(h, "step", 1);
+    s.grad_scale = static_cast<float>(get_number(h, "gradScale", 1.0));
+    if (s.step < 1) throw_type(env, "expected a step count ≥ 1 for step");
+    throw_if_error(env, m.adamw_step(ranges(env, info[0]), s));
+  }
+
+  // sgdStep(ranges, {momentum, dampening, nesterov, first, gradScale})
+  void SgdStep(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    ViT& m = live(env);
+    if (!info[1].IsObject()) throw_type(env, "expected an object of SGD hyperparameters");
+    Napi::Object h = info[1].As<Napi::Object>();
+    repadapter::SgdStep s;
+    s.momentum = static_cast<float>(get_number(h, "momentum", 0.0));
+    s.dampening = static_cast<float>(get_number(h, "dampening", 0.0));
+    s.nesterov = h.Get("nesterov").ToBoolean();
+    s.first = h.Get("first").ToBoolean();
+    s.grad_scale = static_cast<float>(get_number(h, "gradScale", 1.0));
+    throw_if_error(env, m.sgd_step(ranges(env, info[0]), s));
+  }
+
+  Napi::Value GradSumSquares(const Napi::CallbackInfo& info) {
+    double total = 0;
+    throw_if_error(info.Env(), live(info.Env()).grad_sum_squares(&total));
+    return Napi::Number::New(info.Env(), total);
+  }
+
+  // getOptimizerState(slot) → Float32Array, or null before the first step.
+  Napi::Value GetOptimizerState(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    ViT& m = live(env);
+    float* state = m.optimizer_state(info[0].ToNumber().Int32Value());
+    if (!state) return env.Null();
+    Napi::Float32Array out = Napi::Float32Array::New(env, m.trainable_count());
+    throw_if_error(env, m.backend().download(out.Data(), state, m.trainable_count() * sizeof(float)));
+    return out;
+  }
+
+  void SetOptimizerState(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    ViT& m = live(env);
+    const int slot = info[0].ToNumber().Int32Value();
+    if (slot < 0 || slot > 1) throw_type(env, "expected 0 or 1 for the optimizer state slot");
+    Napi::Float32Array data = float_array(env, info[1], "optimizer state");
+    if (static_cast<int64_t>(data.ElementLength()) != m.trainable_count())
+      throw_type(env, "expected " + std::to_string(m.trainable_count()) + " values for the optimizer state, got " +
+                          std::to_string(data.ElementLength()));
+    throw_if_error(env, m.ensure_optimizer_state(slot + 1));
+    throw_if_error(env, m.backend().upload(m.optimizer_state(slot), data.Data(), data.ElementLength() * sizeof(float)));
   }
 
   void Dispose(const Napi::CallbackInfo& info) {
