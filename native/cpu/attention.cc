@@ -9,23 +9,38 @@
 #include <vector>
 
 #include "cpu_backend.h"
+#include "vmath.h"
 
 namespace repadapter {
 namespace {
 
 // Row-wise softmax in place over an N×N block.
-void softmax_rows(float* s, int64_t N) {
+RA_VECTOR_CLONES void softmax_rows(float* s, int64_t N) {
   for (int64_t i = 0; i < N; ++i) {
     float* row = s + i * N;
     float mx = row[0];
+#pragma omp simd reduction(max : mx)
     for (int64_t j = 1; j < N; ++j) mx = std::max(mx, row[j]);
-    double sum = 0;
+    float sum = 0;
+#pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < N; ++j) {
-      row[j] = std::exp(row[j] - mx);
+      row[j] = vmath::exp(row[j] - mx);
       sum += row[j];
     }
-    const float inv = static_cast<float>(1.0 / sum);
+    const float inv = 1.0f / sum;
     for (int64_t j = 0; j < N; ++j) row[j] *= inv;
+  }
+}
+
+// ds = p ⊙ (dp − rowsum(dp ⊙ p)), in place over dp.
+RA_VECTOR_CLONES void softmax_backward_rows(const float* p, float* d, int64_t N) {
+  for (int64_t i = 0; i < N; ++i) {
+    const float* pr = p + i * N;
+    float* dr = d + i * N;
+    float dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t j = 0; j < N; ++j) dot += dr[j] * pr[j];
+    for (int64_t j = 0; j < N; ++j) dr[j] = pr[j] * (dr[j] - dot);
   }
 }
 
@@ -101,14 +116,7 @@ Status CpuBackend::attention_backward(const float* d_out, const float* qkv, cons
         g2.trans_b = true; g2.M = N; g2.N = N; g2.K = Dh;
         g2.A = dout; g2.lda = D; g2.B = v; g2.ldb = ld; g2.C = ds; g2.ldc = N;
         if (st.ok()) st = gemm(g2);
-        for (int64_t i = 0; i < N; ++i) {
-          const float* pr = p + i * N;
-          float* dr = ds + i * N;
-          double dot = 0;
-          for (int64_t j = 0; j < N; ++j) dot += static_cast<double>(dr[j]) * pr[j];
-          const float c = static_cast<float>(dot);
-          for (int64_t j = 0; j < N; ++j) dr[j] = pr[j] * (dr[j] - c);
-        }
+        softmax_backward_rows(p, ds, N);
         Gemm g3;  // dq = scale · ds k                  [N, Dh]
         g3.M = N; g3.N = Dh; g3.K = N; g3.alpha = scale;
         g3.A = ds; g3.lda = N; g3.B = k; g3.ldb = ld; g3.C = dq; g3.ldc = ld;
