@@ -21,12 +21,12 @@
         "native/model/op_checks.cc",
         "native/napi/addon.cc",
         "native/napi/compute_queue.cc",
-        "native/napi/tensor.cc"
+        "native/napi/tensor.cc",
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],
       "defines": ["NAPI_VERSION=8", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],
-      "cflags_cc": ["-std=c++17", "-O3", "-fopenmp", "-fexceptions"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fno-trapping-math", "-fno-math-errno", "-fopenmp", "-fexceptions"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
       "ldflags": ["-fopenmp", "-Wl,-z,nodelete"],
       "libraries": ["-ldnnl"]

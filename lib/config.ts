@@ -102,13 +102,16 @@ export function resolveConfig(base: string | ViTOptions, overrides: ViTOptions =
   }
   const o: ViTOptions = { ...start, ...overrides };
   const problems: string[] = [];
-  const int = (name: string, v: unknown, min = 1): number => {
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) {
-      problems.push(`expected an integer ≥ ${min} for ${name}, got ${formatValue(v)}`);
+  // Upper bounds keep every size product (tokens × width, parameter counts) exact.
+  const int = (name: string, v: unknown, min = 1, max = 1 << 18): number => {
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
+      problems.push(`expected an integer in [${min}, ${max}] for ${name}, got ${formatValue(v)}`);
       return NaN;
     }
     return v;
   };
+  // Relations between sizes are checked only between sizes that are themselves valid.
+  const valid = (...values: number[]) => values.every((v) => !Number.isNaN(v));
   const num = (name: string, v: unknown, lo: number, hi: number, hiOpen = true): number => {
     if (typeof v !== 'number' || !Number.isFinite(v) || v < lo || (hiOpen ? v >= hi : v > hi)) {
       problems.push(`expected a number in [${lo}, ${hi}${hiOpen ? ')' : ']'} for ${name}, got ${formatValue(v)}`);
@@ -120,23 +123,25 @@ export function resolveConfig(base: string | ViTOptions, overrides: ViTOptions =
     'dropPath', 'layerNormEps', 'adapter', 'trainable']);
   for (const key of Object.keys(o)) if (!known.has(key)) problems.push(`unknown config option ${formatValue(key)}`);
 
-  const imageSize = int('imageSize', o.imageSize ?? 224);
-  const patchSize = int('patchSize', o.patchSize ?? 16);
+  const imageSize = int('imageSize', o.imageSize ?? 224, 1, 1 << 16);
+  const patchSize = int('patchSize', o.patchSize ?? 16, 1, 1 << 16);
   const width = int('width', o.width ?? 768);
-  const depth = int('depth', o.depth ?? 12);
+  const depth = int('depth', o.depth ?? 12, 1, 4096);
   const heads = int('heads', o.heads ?? 12);
-  const numClasses = int('numClasses', o.numClasses ?? 1000);
+  const numClasses = int('numClasses', o.numClasses ?? 1000, 1, 1 << 24);
   let mlpHidden: number;
   if (o.mlpHidden !== undefined) mlpHidden = int('mlpHidden', o.mlpHidden);
   else {
-    const ratio = num('mlpRatio', o.mlpRatio ?? 4, 0, Infinity);
+    const ratio = num('mlpRatio', o.mlpRatio ?? 4, 0, 64);
     mlpHidden = Math.round(width * ratio);
     if (Number.isFinite(mlpHidden) && mlpHidden < 1) problems.push(`mlpRatio ${o.mlpRatio} gives an empty MLP`);
+    if (Number.isFinite(mlpHidden) && mlpHidden > 1 << 18) problems.push(`mlpRatio ${o.mlpRatio} gives an MLP wider than ${1 << 18}`);
   }
   const dropPath = num('dropPath', o.dropPath ?? 0, 0, 1);
   const layerNormEps = num('layerNormEps', o.layerNormEps ?? 1e-6, Number.MIN_VALUE, 1, false);
-  if (imageSize % patchSize !== 0) problems.push(`patchSize ${patchSize} must divide imageSize ${imageSize}`);
-  if (width % heads !== 0) problems.push(`heads ${heads} must divide width ${width}`);
+  if (valid(imageSize, patchSize) && imageSize % patchSize !== 0)
+    problems.push(`patchSize ${patchSize} must divide imageSize ${imageSize}`);
+  if (valid(width, heads) && width % heads !== 0) problems.push(`heads ${heads} must divide width ${width}`);
   const trainable = o.trainable ?? 'adapters';
   if (!['adapters', 'head', 'all'].includes(trainable))
     problems.push(`expected 'adapters' | 'head' | 'all' for trainable, got ${formatValue(trainable)}`);
@@ -152,8 +157,9 @@ export function resolveConfig(base: string | ViTOptions, overrides: ViTOptions =
         problems.push(`expected 'attn' | 'block' for adapter.placement, got ${formatValue(a.placement)}`);
       const hidden = int('adapter.hidden', a.hidden);
       const groups = int('adapter.groups', a.groups);
-      if (hidden % groups !== 0) problems.push(`adapter.groups ${groups} must divide adapter.hidden ${hidden}`);
-      if (width % groups !== 0) problems.push(`adapter.groups ${groups} must divide width ${width}`);
+      if (valid(hidden, groups) && hidden % groups !== 0)
+        problems.push(`adapter.groups ${groups} must divide adapter.hidden ${hidden}`);
+      if (valid(width, groups) && width % groups !== 0) problems.push(`adapter.groups ${groups} must divide width ${width}`);
       if (typeof a.scale !== 'number' || !Number.isFinite(a.scale))
         problems.push(`expected a finite number for adapter.scale, got ${formatValue(a.scale)}`);
       const dropout = num('adapter.dropout', a.dropout, 0, 1);

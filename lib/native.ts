@@ -69,13 +69,14 @@ export interface NativeViTHandle {
   adamwStep(ranges: Float64Array, hyper: { beta1: number; beta2: number; eps: number; step: number; gradScale: number }): void;
   sgdStep(ranges: Float64Array, hyper: { momentum: number; dampening: number; nesterov: boolean; first: boolean; gradScale: number }): void;
   gradSumSquares(): number;
+  profile(reset?: boolean): { op: string; seconds: number; calls: number; flops: number }[];
   getOptimizerState(slot: 0 | 1): Float32Array | null;
   setOptimizerState(slot: 0 | 1, data: Float32Array): void;
   dispose(): void;
 }
 
 export interface NativeAddon {
-  NativeViT: new (config: NativeConfig, seed: number) => NativeViTHandle;
+  NativeViT: new (config: NativeConfig, seed: number, options?: { profile?: boolean }) => NativeViTHandle;
   NativeTensor: new (data: Float32Array, shape: number[]) => NativeTensorHandle;
   runOp(
     name: string,

@@ -6,7 +6,7 @@
  * boundary as copies (`Tensor.from`, `toArray`), so no JavaScript view can outlive the memory
  * behind it.
  */
-import { DisposedError, ShapeError, expected } from './errors.js';
+import { ArgumentError, DisposedError, ShapeError, expected } from './errors.js';
 import { call, native, type NativeTensorHandle } from './native.js';
 
 /** float32 today; bf16 joins for the frozen backbone on CPUs and GPUs that have it. */
@@ -39,6 +39,8 @@ export class Tensor implements Disposable {
   /** Copies `data` into a new CPU tensor of the given shape. */
   static from(data: Float32Array | ArrayLike<number>, shape: readonly number[]): Tensor {
     const size = checkShape(shape, 'shape');
+    if (data === null || typeof data !== 'object' || typeof (data as ArrayLike<number>).length !== 'number')
+      throw new ArgumentError(expected('a Float32Array or an array of numbers', 'data', data));
     const array = data instanceof Float32Array ? data : Float32Array.from(data as ArrayLike<number>);
     if (array.length !== size)
       throw new ShapeError(`expected ${size} values for a tensor of shape [${shape.join(', ')}], got ${array.length}`);

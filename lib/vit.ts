@@ -26,6 +26,16 @@ export type Target =
 export interface CreateOptions extends ViTOptions {
   /** Seed of the initial weights and of every dropout / drop-path mask. */
   seed?: number;
+  /** Time every native op (see profile()); for benchmarks, it adds a little overhead. */
+  profile?: boolean;
+}
+
+export interface OpProfile {
+  op: string;
+  seconds: number;
+  calls: number;
+  /** Floating-point operations done (for matrix products and attention), else 0. */
+  flops: number;
 }
 
 export interface LoadResult {
@@ -59,10 +69,10 @@ export class ViT implements Disposable {
    * identity). Load pretrained weights with `load()`.
    */
   static create(config: string | ViTOptions, options: CreateOptions = {}): ViT {
-    const { seed = 0, ...overrides } = options;
+    const { seed = 0, profile = false, ...overrides } = options;
     if (!Number.isSafeInteger(seed) || seed < 0) throw new ConfigError(expected('a non-negative integer', 'seed', seed));
     const resolved = resolveConfig(config, overrides);
-    return new ViT(call(() => new native.NativeViT(resolved, seed)));
+    return new ViT(call(() => new native.NativeViT(resolved, seed, { profile })));
   }
 
   /** The resolved config; after fold() its adapter is null. */
@@ -182,6 +192,11 @@ export class ViT implements Disposable {
     return this;
   }
 
+  /** Time spent per native op since the last reset (empty unless created with profile: true). */
+  profile(options: { reset?: boolean } = {}): OpProfile[] {
+    return call(() => this.handle().profile(!!options.reset));
+  }
+
   // ---- state dicts -----------------------------------------------------------------------------
 
   /** Every parameter (or the trainable ones) by timm / official RepAdapter name. */
@@ -210,9 +225,13 @@ export class ViT implements Disposable {
     for (const [name, entry] of entries) {
       const p = known.get(name);
       if (!p) continue;
+      if (!(entry.data instanceof Float32Array))
+        throw new ArgumentError(expected('a Float32Array', `the data of ${name}`, entry.data));
       const same = entry.shape.length === p.shape.length && entry.shape.every((d, i) => d === p.shape[i]);
-      if (!same || entry.data.length !== p.shape.reduce((a, b) => a * b, 1))
-        misshaped.push({ name, expected: [...p.shape], got: [...entry.shape] });
+      const size = p.shape.reduce((a, b) => a * b, 1);
+      // A right shape over the wrong number of values is reported as the flat count it holds.
+      if (!same) misshaped.push({ name, expected: [...p.shape], got: [...entry.shape] });
+      else if (entry.data.length !== size) misshaped.push({ name, expected: [...p.shape], got: [entry.data.length] });
     }
     if (misshaped.length || (strict && (missing.length || unexpected.length)))
       throw new StateDictError(

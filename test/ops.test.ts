@@ -57,7 +57,9 @@ function checkOp(t: import('ava').ExecutionContext, c: OpCase, seed: number): vo
 
 const r = rng(42);
 const cases: OpCase[] = [
+  // out ≤ 16 takes the skinny dot-product kernel, wider outputs oneDNN's matmul.
   { op: 'linear', attrs: { M: 3, in: 5, out: 4 }, inputs: { x: randn(r, 15), w: randn(r, 20, 0.5), b: randn(r, 4) } },
+  { op: 'linear', attrs: { M: 4, in: 6, out: 20 }, inputs: { x: randn(r, 24), w: randn(r, 120, 0.5), b: randn(r, 20) } },
   { op: 'layernorm', attrs: { M: 3, D: 6, eps: 1e-6 }, inputs: { x: randn(r, 18), w: randn(r, 6), b: randn(r, 6) } },
   { op: 'gelu', attrs: { n: 24 }, inputs: { x: randn(r, 24, 1.5) } },
   { op: 'attention', attrs: { B: 2, N: 3, H: 2, Dh: 2 }, inputs: { qkv: randn(r, 2 * 3 * 12) } },

@@ -39,7 +39,9 @@ struct Gemm {
 // from 1 (Adam's bias correction); grad_scale multiplies the raw gradient first (clipping by
 // global norm, averaging accumulated micro-batches).
 struct AdamWStep {
-  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
+  float lr = 1e-3f;
+  double beta1 = 0.9, beta2 = 0.999;  // double: 1 − β is formed before rounding, as in torch
+  float eps = 1e-8f, weight_decay = 0.0f;
   int64_t step = 1;
   float grad_scale = 1.0f;
 };

@@ -13,11 +13,13 @@ constexpr float kInvSqrt2Pi = 0.39894228040143268f;
 constexpr int64_t kChunk = 4096;
 
 RA_VECTOR_CLONES void gelu_chunk(const float* x, float* y, int64_t n) {
+#pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] = 0.5f * x[i] * (1.0f + vmath::erf(x[i] * kInvSqrt2));
 }
 
 // d/dx [x·Φ(x)] = Φ(x) + x·φ(x).
 RA_VECTOR_CLONES void gelu_backward_chunk(const float* x, float* d, int64_t n) {
+#pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float v = x[i];
     const float cdf = 0.5f * (1.0f + vmath::erf(v * kInvSqrt2));

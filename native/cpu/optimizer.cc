@@ -16,12 +16,14 @@ Status CpuBackend::adamw_update(float* param, const float* grad, float* m, float
   const float step_size = static_cast<float>(s.lr / bias1);
   const float bias2_sqrt = static_cast<float>(std::sqrt(bias2));
   const float decay = 1.0f - s.lr * s.weight_decay;
+  const float w1 = static_cast<float>(1.0 - s.beta1);  // torch: exp_avg.lerp_(g, 1 − β1)
+  const float b2 = static_cast<float>(s.beta2), w2 = static_cast<float>(1.0 - s.beta2);
 #pragma omp parallel for schedule(static) if (n > (1 << 15))
   for (int64_t i = 0; i < n; ++i) {
     const float g = grad[i] * s.grad_scale;
     const float p = param[i] * decay;
-    m[i] = m[i] * s.beta1 + (1.0f - s.beta1) * g;  // torch: lerp(m, g, 1−β1)
-    v[i] = v[i] * s.beta2 + (1.0f - s.beta2) * g * g;
+    m[i] = m[i] + w1 * (g - m[i]);
+    v[i] = v[i] * b2 + w2 * g * g;
     const float denom = std::sqrt(v[i]) / bias2_sqrt + s.eps;
     param[i] = p - step_size * (m[i] / denom);
   }

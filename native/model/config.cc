@@ -56,6 +56,13 @@ Status ViTConfig::validate() const {
     require(adapter.dropout >= 0 && adapter.dropout < 1,
             "adapter dropout must be in [0, 1), got " + std::to_string(adapter.dropout));
   }
+  // Bounds that keep every size product (tokens × width, parameter counts) far inside int64.
+  const int64_t kMaxSide = 1 << 16, kMaxWidth = 1 << 18, kMaxCount = 1 << 24;
+  require(image_size <= kMaxSide && patch_size <= kMaxSide, "imageSize and patchSize must be at most 65536");
+  require(width <= kMaxWidth && mlp_hidden <= kMaxWidth, "width and the MLP width must be at most 262144");
+  require(depth <= 4096 && heads <= kMaxWidth, "depth must be at most 4096");
+  require(num_classes <= kMaxCount, "numClasses must be at most 16777216");
+  require(adapter.placement == Placement::kNone || adapter.hidden <= kMaxWidth, "adapter hidden width must be at most 262144");
   if (!problems.empty()) return InvalidArgument("invalid ViT config: " + problems);
   return Status::Ok();
 }

@@ -259,7 +259,9 @@ const std::map<std::string, OpFn>& registry() {
        const int64_t n = c.i("n");
        RA_RETURN_IF_ERROR(c.inputs({{"param", n}, {"grad", n}, {"m", n}, {"v", n}}));
        AdamWStep s;
-       s.lr = c.f("lr", s.lr); s.beta1 = c.f("beta1", s.beta1); s.beta2 = c.f("beta2", s.beta2);
+       s.lr = c.f("lr", s.lr);
+       s.beta1 = c.attrs.count("beta1") ? c.attrs.at("beta1") : s.beta1;
+       s.beta2 = c.attrs.count("beta2") ? c.attrs.at("beta2") : s.beta2;
        s.eps = c.f("eps", s.eps); s.weight_decay = c.f("weight_decay"); s.step = c.i("step");
        s.grad_scale = c.f("grad_scale", 1.0f);
        RA_RETURN_IF_ERROR(c.be.adamw_update(c.buf["param"], c.buf["grad"], c.buf["m"], c.buf["v"], n, s));

@@ -341,6 +341,7 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
         backend_.release(arena_);
         arena_ = nullptr;
         arena_bytes_ = 0;
+        plan_ = Plan();  // no arena: nothing planned until an allocation succeeds
         RA_RETURN_IF_ERROR(backend_.allocate(offset, &arena_));
         arena_bytes_ = offset;
       }
@@ -371,8 +372,9 @@ Status ViT::forward(const float* images_host, int64_t B, bool train, bool want_i
   const ViTConfig& c = config_;
   if (B <= 0) return InvalidArgument("batch size must be positive");
   const bool keep = train && (c.trainable != Trainable::kHead || want_input_grad);
+  have_forward_ = false;  // whatever fails below, backward must not read stale activations
+  have_input_grad_ = false;
   RA_RETURN_IF_ERROR(plan(B, train, keep, want_input_grad));
-  have_forward_ = false;
   if (train) ++step_;
   const int64_t N = c.tokens(), P = c.patches(), D = c.width, F = c.mlp_hidden, S = c.image_size;
   const int64_t M = B * N;

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "../core/profiling_backend.h"
 #include "../cpu/cpu_backend.h"
 #include "../model/op_checks.h"
 #include "../model/vit.h"
@@ -140,6 +141,7 @@ class Model : public Napi::ObjectWrap<Model> {
       InstanceMethod<&Model::GradSumSquares>("gradSumSquares"),
       InstanceMethod<&Model::GetOptimizerState>("getOptimizerState"),
       InstanceMethod<&Model::SetOptimizerState>("setOptimizerState"),
+      InstanceMethod<&Model::Profile>("profile"),
       InstanceMethod<&Model::Dispose>("dispose"),
     });
   }
@@ -152,7 +154,13 @@ class Model : public Napi::ObjectWrap<Model> {
     uint64_t seed = info.Length() > 1 && info[1].IsNumber()
                         ? static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value())
                         : 0;
-    throw_if_error(env, ViT::Create(cpu_backend(), config, seed, &model_));
+    Backend* backend = &cpu_backend();
+    // new NativeViT(config, seed, { profile: true }) times every backend op (see profile()).
+    if (info.Length() > 2 && info[2].IsObject() && info[2].As<Napi::Object>().Get("profile").ToBoolean()) {
+      profiler_ = std::make_unique<ProfilingBackend>(*backend);
+      backend = profiler_.get();
+    }
+    throw_if_error(env, ViT::Create(*backend, config, seed, &model_));
   }
 
  private:
@@ -284,9 +292,12 @@ class Model : public Napi::ObjectWrap<Model> {
     return submit(env, std::move(job));
   }
 
+  // The targets are copied at the call, so an async backward reads what the caller passed
+  // even if the caller changes or transfers the array meanwhile.
   struct BackwardArgs {
     Target target;
-    Napi::Value holder;
+    std::shared_ptr<std::vector<int32_t>> labels;
+    std::shared_ptr<std::vector<float>> soft;
   };
 
   // backward(labels: Int32Array | null, soft: Float32Array | null, smoothing)
@@ -297,15 +308,15 @@ class Model : public Napi::ObjectWrap<Model> {
     const int64_t C = model_->config().num_classes;
     if (info[0].IsTypedArray() && info[0].As<Napi::TypedArray>().TypedArrayType() == napi_int32_array) {
       Napi::Int32Array labels = info[0].As<Napi::Int32Array>();
-      a.target.labels = labels.Data();
-      a.holder = labels;
+      a.labels = std::make_shared<std::vector<int32_t>>(labels.Data(), labels.Data() + labels.ElementLength());
+      a.target.labels = a.labels->data();
       if (!expect_rows(static_cast<int64_t>(labels.ElementLength()), 1))
         throw_type(env, "expected " + std::to_string(batch()) + " labels (one per image), got " +
                             std::to_string(labels.ElementLength()));
     } else if (info[1].IsTypedArray()) {
       Napi::Float32Array soft = float_array(env, info[1], "soft targets");
-      a.target.soft_targets = soft.Data();
-      a.holder = soft;
+      a.soft = std::make_shared<std::vector<float>>(soft.Data(), soft.Data() + soft.ElementLength());
+      a.target.soft_targets = a.soft->data();
       if (!expect_rows(static_cast<int64_t>(soft.ElementLength()), C))
         throw_type(env, "expected soft targets of shape [" + std::to_string(batch()) + "," +
                             std::to_string(C) + "], got " + std::to_string(soft.ElementLength()) + " values");
@@ -337,9 +348,7 @@ class Model : public Napi::ObjectWrap<Model> {
     auto job = std::make_unique<Job>(env);
     auto loss = std::make_shared<float>(0.0f);
     ViT* m = model_.get();
-    Target t = a.target;
-    job->work = [m, t, loss] { return m->backward(t, loss.get()); };
-    job->keep_alive.push_back(Napi::Persistent(a.holder.As<Napi::Object>()));
+    job->work = [m, a, loss] { return m->backward(a.target, loss.get()); };
     job->keep_alive.push_back(Napi::Persistent(Value()));
     job->finish = [loss](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *loss); };
     return submit(env, std::move(job));
@@ -425,8 +434,8 @@ class Model : public Napi::ObjectWrap<Model> {
     if (!info[1].IsObject()) throw_type(env, "expected an object of AdamW hyperparameters");
     Napi::Object h = info[1].As<Napi::Object>();
     repadapter::AdamWStep s;
-    s.beta1 = static_cast<float>(get_number(h, "beta1", s.beta1));
-    s.beta2 = static_cast<float>(get_number(h, "beta2", s.beta2));
+    s.beta1 = get_number(h, "beta1", s.beta1);
+    s.beta2 = get_number(h, "beta2", s.beta2);
     s.eps = static_cast<float>(get_number(h, "eps", s.eps));
     s.step = get_int(h, "step", 1);
     s.grad_scale = static_cast<float>(get_number(h, "gradScale", 1.0));
@@ -479,6 +488,25 @@ class Model : public Napi::ObjectWrap<Model> {
     throw_if_error(env, m.backend().upload(m.optimizer_state(slot), data.Data(), data.ElementLength() * sizeof(float)));
   }
 
+  // profile(reset?) → [{op, seconds, calls, flops}] since the last reset; [] without profiling.
+  Napi::Value Profile(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    live(env);
+    Napi::Array out = Napi::Array::New(env);
+    if (!profiler_) return out;
+    uint32_t i = 0;
+    for (const auto& [op, e] : profiler_->entries()) {
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("op", op);
+      o.Set("seconds", e.seconds);
+      o.Set("calls", static_cast<double>(e.calls));
+      o.Set("flops", e.flops);
+      out.Set(i++, o);
+    }
+    if (info[0].ToBoolean()) profiler_->reset();
+    return out;
+  }
+
   void Dispose(const Napi::CallbackInfo& info) {
     if (busy_) {
       Napi::Error e = Napi::Error::New(info.Env(), "cannot dispose a model while an async call runs on it");
@@ -488,6 +516,7 @@ class Model : public Napi::ObjectWrap<Model> {
     model_.reset();
   }
 
+  std::unique_ptr<ProfilingBackend> profiler_;  // declared first: outlives the model using it
   std::unique_ptr<ViT> model_;
   bool busy_ = false;
   int64_t last_batch_ = 0;
