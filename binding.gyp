@@ -19,9 +19,11 @@
         "native/model/layers.cc",
         "native/model/vit.cc",
         "native/model/op_checks.cc",
+        "native/data/batch.cc",
         "native/napi/addon.cc",
         "native/napi/compute_queue.cc",
         "native/napi/tensor.cc",
+        "native/napi/data.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],

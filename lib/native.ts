@@ -75,6 +75,37 @@ export interface NativeViTHandle {
   dispose(): void;
 }
 
+/** Batch assembly spec of the data pipeline (native/data/batch.h); see lib/data/batch.ts. */
+export interface NativeBatchSpec {
+  size: number;
+  mean?: [number, number, number];
+  std?: [number, number, number];
+  flip?: number;
+  crop?: { scaleMin: number; scaleMax: number; ratioMin: number; ratioMax: number } | null;
+  mixup?: {
+    mixupAlpha: number;
+    cutmixAlpha: number;
+    cutmixMin?: number;
+    cutmixMax?: number;
+    prob: number;
+    switchProb: number;
+    smoothing: number;
+    correctLam: boolean;
+  } | null;
+  numClasses?: number;
+  seed?: number;
+  epoch?: number;
+  batchIndex?: number;
+}
+
+export interface NativeBatchResult {
+  images: NativeTensorHandle;
+  softTargets: Float32Array | null;
+  lam: number;
+  cutmix: boolean;
+  box: [number, number, number, number];
+}
+
 export interface NativeAddon {
   NativeViT: new (config: NativeConfig, seed: number, options?: { profile?: boolean }) => NativeViTHandle;
   NativeTensor: new (data: Float32Array, shape: number[]) => NativeTensorHandle;
@@ -85,6 +116,19 @@ export interface NativeAddon {
     dOutputs?: Record<string, Float32Array>,
   ): Record<string, Float32Array>;
   backend: string;
+  /** A permutation of 0..n-1 that depends only on (seed, epoch). */
+  dataPermutation(n: number, seed: number, epoch: number): Int32Array;
+  /** pixels: [n, h, w, c] uint8 (c = 1 or 3); labels are needed with spec.mixup. */
+  dataBatch(pixels: Uint8Array, shape: number[], indices: Int32Array, labels: Int32Array | null, spec: NativeBatchSpec): NativeBatchResult;
+  dataBatchAsync(
+    pixels: Uint8Array,
+    shape: number[],
+    indices: Int32Array,
+    labels: Int32Array | null,
+    spec: NativeBatchSpec,
+  ): Promise<NativeBatchResult>;
+  /** Resizes src [n, h, w, c] into dst [n, oh, ow, c] (PIL-style antialiased filters). */
+  dataResizeAsync(src: Uint8Array, shape: number[], dst: Uint8Array, size: [number, number], filter: 'bicubic' | 'bilinear'): Promise<void>;
 }
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');

@@ -14,6 +14,7 @@
 #include "../model/vit.h"
 #include "addon_data.h"
 #include "compute_queue.h"
+#include "data.h"
 #include "errors.h"
 #include "tensor.h"
 
@@ -577,6 +578,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.AddCleanupHook([data] { data->queue->shutdown(); });
   exports.Set("NativeViT", Model::Define(env));
   exports.Set("runOp", Napi::Function::New(env, RunOp, "runOp"));
+  register_data(env, exports);
   exports.Set("backend", Napi::String::New(env, "cpu"));
   return exports;
 }
