@@ -14,3 +14,21 @@ export {
   type SafetensorsContents,
 } from './io/safetensors.js';
 export type { TrainableSet, Placement } from './native.js';
+export * as optim from './optim/index.js';
+export * as schedules from './optim/schedules.js';
+export * as data from './data/index.js';
+export {
+  saveCheckpoint,
+  loadCheckpoint,
+  readCheckpoint,
+  readCheckpointInfo,
+  CheckpointKeeper,
+  type CheckpointInput,
+  type Checkpoint,
+  type CheckpointInfo,
+  type KeeperOptions,
+  type TrainingPosition,
+} from './train/checkpoint.js';
+export { loadPretrained, readWeights, type LoadPretrainedOptions, type PretrainedReport } from './io/pretrained.js';
+export { saveAdapters, loadAdapters, readAdapters, modelConfigFromAdapters, fingerprint } from './io/adapters.js';
+export { readNpz } from './io/npz.js';

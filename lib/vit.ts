@@ -6,6 +6,7 @@
 import { resolveConfig, type ResolvedConfig, type ViTOptions } from './config.js';
 import { ArgumentError, ConfigError, DisposedError, OutOfRangeError, ShapeError, StateDictError, expected } from './errors.js';
 import type { MisshapedTensor } from './errors.js';
+import { loadPretrained, type LoadPretrainedOptions, type PretrainedReport } from './io/pretrained.js';
 import { readSafetensors, toFloat32, writeSafetensors, type TensorInput } from './io/safetensors.js';
 import { call, callAsync, native, type NativeParamInfo, type NativeViTHandle, type TrainableSet } from './native.js';
 import { Tensor } from './tensor.js';
@@ -248,6 +249,15 @@ export class ViT implements Disposable {
     const entries = new Map<string, { shape: readonly number[]; data: Float32Array }>();
     for (const [name, entry] of file.tensors) entries.set(name, { shape: entry.shape, data: toFloat32(entry) });
     return this.loadStateDict(entries, { ...options, context: `with ${path}` });
+  }
+
+  /**
+   * Loads a pretrained backbone from Google's .npz (original, AugReg, big_vision layouts), timm's
+   * or Hugging Face's .safetensors: names converted, q/k/v joined, the position embedding
+   * resampled to this image size, a fresh head when the class count differs (io/pretrained.ts).
+   */
+  async loadPretrained(path: string, options: LoadPretrainedOptions = {}): Promise<PretrainedReport> {
+    return loadPretrained(this, path, options);
   }
 
   /**
