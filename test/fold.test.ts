@@ -6,20 +6,7 @@
 import test from 'ava';
 
 import { Tensor, ViT } from '../lib/index.js';
-import { randn, relErr, rng } from './util.js';
-
-/** Fills every parameter with random values of a realistic scale (1/√fan-in for matrices). */
-function randomise(vit: ViT, seed: number): void {
-  const random = rng(seed);
-  for (const p of vit.parameters()) {
-    const n = p.shape.reduce((a, b) => a * b, 1);
-    const fanIn = p.shape.length > 1 ? n / p.shape[0] : 1;
-    const std = p.shape.length > 1 ? 1 / Math.sqrt(fanIn) : 0.1;
-    const values = randn(random, n, p.name.includes('conv_B') ? 0.3 : std);
-    if (p.role === 'norm' && p.name.endsWith('weight')) for (let i = 0; i < n; i++) values[i] += 1;
-    vit.setParam(p.name, values);
-  }
-}
+import { randn, randomise, relErr, rng } from './util.js';
 
 const cases = [];
 for (const placement of ['attn', 'block'] as const)

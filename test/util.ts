@@ -1,3 +1,5 @@
+import type { ParamInfo, ViT } from '../lib/index.js';
+
 /** Small numeric helpers shared by the tests. */
 
 /** max |a − b| / max |b|: an error relative to the reference's scale. */
@@ -33,4 +35,18 @@ export function randn(random: () => number, n: number, std = 1): Float32Array {
     out[i] = std * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
   }
   return out;
+}
+
+/** Fills parameters with random values of a realistic scale (1/√fan-in for matrices). */
+export function randomise(vit: ViT, seed: number, which: (p: ParamInfo) => boolean = () => true): void {
+  const random = rng(seed);
+  for (const p of vit.parameters()) {
+    if (!which(p)) continue;
+    const n = p.shape.reduce((a, b) => a * b, 1);
+    const fanIn = p.shape.length > 1 ? n / p.shape[0] : 1;
+    const std = p.shape.length > 1 ? 1 / Math.sqrt(fanIn) : 0.1;
+    const values = randn(random, n, p.name.includes('conv_B') ? 0.3 : std);
+    if (p.role === 'norm' && p.name.endsWith('weight')) for (let i = 0; i < n; i++) values[i] += 1;
+    vit.setParam(p.name, values);
+  }
 }
