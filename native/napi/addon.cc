@@ -3,6 +3,8 @@
 #include <napi.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -89,6 +91,17 @@ ViTConfig parse_config(Napi::Env env, Napi::Object o) {
   return c;
 }
 
+// The shortest decimal that reads back as the same float: 0.1f reports as 0.1, not
+// 0.10000000149011612 (the float's exact value as a double).
+double shortest(float v) {
+  char text[32];
+  for (int digits = 6; digits <= 9; ++digits) {
+    std::snprintf(text, sizeof(text), "%.*g", digits, static_cast<double>(v));
+    if (std::strtof(text, nullptr) == v) break;
+  }
+  return std::strtod(text, nullptr);
+}
+
 Napi::Object config_to_object(Napi::Env env, const ViTConfig& c) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("imageSize", c.image_size);
@@ -98,8 +111,8 @@ Napi::Object config_to_object(Napi::Env env, const ViTConfig& c) {
   o.Set("heads", c.heads);
   o.Set("mlpHidden", c.mlp_hidden);
   o.Set("numClasses", c.num_classes);
-  o.Set("dropPath", c.drop_path);
-  o.Set("layerNormEps", c.ln_eps);
+  o.Set("dropPath", shortest(c.drop_path));
+  o.Set("layerNormEps", shortest(c.ln_eps));
   o.Set("trainable", trainable_name(c.trainable));
   if (c.adapter.placement == Placement::kNone) {
     o.Set("adapter", env.Null());
@@ -108,8 +121,8 @@ Napi::Object config_to_object(Napi::Env env, const ViTConfig& c) {
     a.Set("placement", placement_name(c.adapter.placement));
     a.Set("hidden", c.adapter.hidden);
     a.Set("groups", c.adapter.groups);
-    a.Set("scale", c.adapter.scale);
-    a.Set("dropout", c.adapter.dropout);
+    a.Set("scale", shortest(c.adapter.scale));
+    a.Set("dropout", shortest(c.adapter.dropout));
     o.Set("adapter", a);
   }
   return o;
