@@ -31,14 +31,11 @@
  * The protobuf is encoded by ./onnx-proto.ts (no dependency); one ONNX file holds at most 2 GiB,
  * so models above that (ViT-H) are refused: external data is not written.
  */
-import { open, rename, rm } from 'node:fs/promises';
-import type { FileHandle } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
 import { endianness } from 'node:os';
-import { basename, dirname, join, resolve } from 'node:path';
 
 import { ArgumentError, RepAdapterError, expected } from '../errors.js';
 import type { ViT } from '../vit.js';
+import { writeFileAtomic } from './atomic.js';
 import {
   PROTOBUF_MAX_BYTES,
   concatChunks,
@@ -93,7 +90,7 @@ export function toOnnx(model: ViT, options: OnnxExportOptions = {}): Uint8Array 
 export async function exportOnnx(model: ViT, path: string, options: OnnxExportOptions = {}): Promise<void> {
   if (typeof path !== 'string' || path === '') throw new ArgumentError(expected('a file path', 'path', path));
   const rope = buildRope(model, options); // every check happens before the disk is touched
-  await writeAtomic(path, rope.chunks);
+  await writeFileAtomic(path, rope.chunks);
 }
 
 // ---- the graph -------------------------------------------------------------------------------
@@ -301,67 +298,3 @@ function buildRope(model: ViT, options: OnnxExportOptions): { chunks: Uint8Array
   return rope;
 }
 
-// ---- atomic write ----------------------------------------------------------------------------
-
-const WRITE_CHUNK = 1 << 24;
-const COALESCE = 1 << 16;
-const DIR_FSYNC_UNSUPPORTED = new Set(['EISDIR', 'EINVAL', 'EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'EBADF', 'EACCES']);
-
-async function writeAll(fh: FileHandle, bytes: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < bytes.length) {
-    const { bytesWritten } = await fh.write(bytes, off, Math.min(bytes.length - off, WRITE_CHUNK));
-    if (bytesWritten <= 0) throw new RepAdapterError('write made no progress');
-    off += bytesWritten;
-  }
-}
-
-async function fsyncDirectory(dir: string): Promise<void> {
-  let dh: FileHandle | undefined;
-  try {
-    dh = await open(dir, 'r');
-    await dh.sync();
-  } catch (e) {
-    // some platforms (Windows) and file systems cannot open or fsync a directory
-    const code = (e as NodeJS.ErrnoException).code;
-    if (!code || !DIR_FSYNC_UNSUPPORTED.has(code)) throw e;
-  } finally {
-    await dh?.close().catch(() => undefined);
-  }
-}
-
-async function writeAtomic(path: string, chunks: readonly Uint8Array[]): Promise<void> {
-  const target = resolve(path);
-  const dir = dirname(target);
-  const tmp = join(dir, `.${basename(target)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-  let fh: FileHandle | undefined = await open(tmp, 'wx', 0o666);
-  try {
-    // many small chunks (node and attribute messages) are coalesced into fewer writes
-    const buffer = new Uint8Array(COALESCE);
-    let used = 0;
-    for (const c of chunks) {
-      if (c.length >= COALESCE) {
-        if (used) await writeAll(fh, buffer.subarray(0, used));
-        used = 0;
-        await writeAll(fh, c);
-        continue;
-      }
-      if (used + c.length > COALESCE) {
-        await writeAll(fh, buffer.subarray(0, used));
-        used = 0;
-      }
-      buffer.set(c, used);
-      used += c.length;
-    }
-    if (used) await writeAll(fh, buffer.subarray(0, used));
-    await fh.sync();
-    await fh.close();
-    fh = undefined;
-    await rename(tmp, target);
-  } catch (e) {
-    if (fh) await fh.close().catch(() => undefined);
-    await rm(tmp, { force: true }).catch(() => undefined);
-    throw e;
-  }
-  await fsyncDirectory(dir);
-}

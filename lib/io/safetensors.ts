@@ -26,11 +26,10 @@
  * the header is padded with spaces to a multiple of 8 bytes, so every tensor
  * starts aligned to its element size.
  */
-import { open, rename, rm } from 'node:fs/promises';
-import type { FileHandle } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
-import { basename, dirname, join, resolve } from 'node:path';
+import { open, type FileHandle } from 'node:fs/promises';
+
 import { FormatError, RepAdapterError, ShapeError, expected } from '../errors.js';
+import { writeFileAtomic } from './atomic.js';
 
 // ---------------------------------------------------------------------------
 // Dtypes
@@ -1312,33 +1311,6 @@ export function serializeSafetensors(tensors: TensorList, metadata?: Record<stri
   return out;
 }
 
-const WRITE_CHUNK = 1 << 30;
-
-async function writeAll(fh: FileHandle, bytes: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < bytes.length) {
-    const { bytesWritten } = await fh.write(bytes, off, Math.min(bytes.length - off, WRITE_CHUNK));
-    if (bytesWritten <= 0) throw new RepAdapterError('write made no progress');
-    off += bytesWritten;
-  }
-}
-
-const DIR_FSYNC_UNSUPPORTED = new Set(['EISDIR', 'EINVAL', 'EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'EBADF', 'EACCES']);
-
-async function fsyncDirectory(dir: string): Promise<void> {
-  let dh: FileHandle | undefined;
-  try {
-    dh = await open(dir, 'r');
-    await dh.sync();
-  } catch (e) {
-    // Some platforms (Windows) and file systems cannot open or fsync a directory.
-    const code = (e as NodeJS.ErrnoException).code;
-    if (!code || !DIR_FSYNC_UNSUPPORTED.has(code)) throw e;
-  } finally {
-    await dh?.close().catch(() => undefined);
-  }
-}
-
 /**
  * Writes a safetensors file atomically: the input is fully validated first,
  * then the file is written to a uniquely named temporary file in the same
@@ -1355,21 +1327,9 @@ export async function writeSafetensors(
 ): Promise<void> {
   if (typeof path !== 'string' || path === '') throw new FormatError(expected('a file path', 'path', path));
   const plan = planSafetensors(tensors, metadata); // throws before touching the disk
-  const target = resolve(path);
-  const dir = dirname(target);
-  const tmp = join(dir, `.${basename(target)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-  let fh: FileHandle | undefined = await open(tmp, 'wx', 0o666);
-  try {
-    await writeAll(fh, plan.head);
-    for (const t of plan.tensors) await writeAll(fh, t.bytes());
-    await fh.sync();
-    await fh.close();
-    fh = undefined;
-    await rename(tmp, target);
-  } catch (e) {
-    if (fh) await fh.close().catch(() => undefined);
-    await rm(tmp, { force: true }).catch(() => undefined);
-    throw e;
+  function* chunks() {
+    yield plan.head;
+    for (const t of plan.tensors) yield t.bytes();
   }
-  await fsyncDirectory(dir);
+  await writeFileAtomic(path, chunks());
 }
