@@ -1,0 +1,178 @@
+// Multi-head softmax attention on the GPU, as cpu/attention.cc: the same four products per
+// (sample, head), here as cuBLASLt strided-batched products over the H heads of one sample
+// (heads are Dh floats apart inside qkv [B,N,3,H,Dh], so one stride walks them; samples are
+// N·3D apart, a second stride no strided-batched call has, hence one call per sample), and the
+// row-wise softmax and its backward as warp-per-row kernels that sum in double (at least as
+// accurate as the CPU's sums, whatever their precision).
+//
+// This is the correct-first version: the N×N scores go through memory (probs, which backward
+// needs anyway in training). A fused kernel that keeps them on chip is the speed path for
+// inference (probs == null) and a later change.
+#include <cmath>
+
+#include "common.cuh"
+
+namespace repadapter {
+namespace {
+
+constexpr int kRowsPerBlock = 8;                     // one warp per row
+constexpr size_t kScoreScratchBytes = 256u << 20;    // score buffers per chunk of samples
+
+// Row-wise softmax in place over `rows` rows of length N (scores already scaled by the gemm).
+__global__ void softmax_rows_kernel(float* s, int64_t rows, int64_t N) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kRowsPerBlock;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5); i < rows;
+       i += warps) {
+    float* row = s + i * N;
+    float mx = -INFINITY;
+    for (int64_t j = lane; j < N; j += 32) mx = fmaxf(mx, row[j]);
+    mx = cuda_detail::warp_max(mx);
+    double sum = 0;
+    for (int64_t j = lane; j < N; j += 32) {
+      const float e = expf(__fsub_rn(row[j], mx));
+      row[j] = e;
+      sum += e;
+    }
+    sum = cuda_detail::warp_sum(sum);
+    const float inv = static_cast<float>(1.0 / sum);
+    for (int64_t j = lane; j < N; j += 32) row[j] = __fmul_rn(row[j], inv);
+  }
+}
+
+// ds = p ⊙ (dp − rowsum(dp ⊙ p)), in place over dp; the row sum in double.
+__global__ void softmax_backward_kernel(const float* p, float* ds, int64_t rows, int64_t N) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kRowsPerBlock;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5); i < rows;
+       i += warps) {
+    const float* pr = p + i * N;
+    float* dr = ds + i * N;
+    double dot = 0;
+    for (int64_t j = lane; j < N; j += 32) dot += static_cast<double>(dr[j]) * pr[j];
+    const float c = static_cast<float>(cuda_detail::warp_sum(dot));
+    for (int64_t j = lane; j < N; j += 32) dr[j] = __fmul_rn(pr[j], __fsub_rn(dr[j], c));
+  }
+}
+
+unsigned row_blocks(const CudaBackend& be, int64_t rows) {
+  const int64_t needed = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(needed, be.sm_count() * 16)));
+}
+
+// A strided-batched product over the H heads of one sample.
+Gemm heads_gemm(int64_t H) {
+  Gemm g;
+  g.batch = H;
+  return g;
+}
+
+}  // namespace
+
+Status CudaBackend::attention_forward(const float* qkv, float* out, float* probs, int64_t B,
+                                      int64_t N, int64_t H, int64_t Dh) {
+  RA_CUDA_ENTRY();
+  if (B <= 0 || N <= 0 || H <= 0 || Dh <= 0) return Status::Ok();
+  const int64_t D = H * Dh, ld = 3 * D, NN = N * N;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));  // the CPU's float expression
+  // Without probs the scores live in scratch, a chunk of samples at a time.
+  const int64_t per_sample = H * NN * static_cast<int64_t>(sizeof(float));
+  const int64_t chunk =
+      probs ? B : std::max<int64_t>(1, std::min<int64_t>(B, kScoreScratchBytes / per_sample));
+  float* scores = probs;
+  if (!probs) {
+    void* tmp = nullptr;
+    RA_RETURN_IF_ERROR(scratch(static_cast<size_t>(chunk * per_sample), &tmp));
+    scores = static_cast<float*>(tmp);
+  }
+  for (int64_t b0 = 0; b0 < B; b0 += chunk) {
+    const int64_t nb = std::min(chunk, B - b0);
+    float* s0 = probs ? probs + b0 * H * NN : scores;
+    for (int64_t b = b0; b < b0 + nb; ++b) {
+      const float* q = qkv + b * N * ld;
+      Gemm g = heads_gemm(H);  // s = scale · q kᵀ      [H][N, N]
+      g.trans_b = true;
+      g.M = N; g.N = N; g.K = Dh; g.alpha = scale;
+      g.A = q;     g.lda = ld; g.stride_a = Dh;
+      g.B = q + D; g.ldb = ld; g.stride_b = Dh;
+      g.C = s0 + (b - b0) * H * NN; g.ldc = N; g.stride_c = NN;
+      RA_RETURN_IF_ERROR(gemm_unlocked(g));
+    }
+    softmax_rows_kernel<<<row_blocks(*this, nb * H * N), 32 * kRowsPerBlock, 0, stream_>>>(
+        s0, nb * H * N, N);
+    RA_RETURN_IF_ERROR(launched("attention_forward (softmax)"));
+    for (int64_t b = b0; b < b0 + nb; ++b) {
+      Gemm g = heads_gemm(H);  // out_h = p v            [H][N, Dh]
+      g.M = N; g.N = Dh; g.K = N;
+      g.A = s0 + (b - b0) * H * NN; g.lda = N; g.stride_a = NN;
+      g.B = qkv + b * N * ld + 2 * D; g.ldb = ld; g.stride_b = Dh;
+      g.C = out + b * N * D; g.ldc = D; g.stride_c = Dh;
+      RA_RETURN_IF_ERROR(gemm_unlocked(g));
+    }
+  }
+  return Status::Ok();
+}
+
+// With p = softmax(s):  dv = pᵀ do,  dp = do vᵀ,  ds = p ⊙ (dp − rowsum(dp ⊙ p)),
+// dq = scale · ds k,  dk = scale · dsᵀ q. Every element of d_qkv is written (beta = 0).
+Status CudaBackend::attention_backward(const float* d_out, const float* qkv, const float* probs,
+                                       float* d_qkv, int64_t B, int64_t N, int64_t H,
+                                       int64_t Dh) {
+  RA_CUDA_ENTRY();
+  if (B <= 0 || N <= 0 || H <= 0 || Dh <= 0) return Status::Ok();
+  const int64_t D = H * Dh, ld = 3 * D, NN = N * N;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
+  const int64_t per_sample = H * NN * static_cast<int64_t>(sizeof(float));
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(B, kScoreScratchBytes / per_sample));
+  void* tmp = nullptr;
+  RA_RETURN_IF_ERROR(scratch(static_cast<size_t>(chunk * per_sample), &tmp));
+  float* ds0 = static_cast<float*>(tmp);
+  for (int64_t b0 = 0; b0 < B; b0 += chunk) {
+    const int64_t nb = std::min(chunk, B - b0);
+    for (int64_t b = b0; b < b0 + nb; ++b) {
+      const float* q = qkv + b * N * ld;
+      float* dq = d_qkv + b * N * ld;
+      const float* p = probs + b * H * NN;
+      const float* dout = d_out + b * N * D;
+      float* ds = ds0 + (b - b0) * H * NN;
+      Gemm g1 = heads_gemm(H);  // dv = pᵀ do        [H][N, Dh]
+      g1.trans_a = true;
+      g1.M = N; g1.N = Dh; g1.K = N;
+      g1.A = p; g1.lda = N; g1.stride_a = NN;
+      g1.B = dout; g1.ldb = D; g1.stride_b = Dh;
+      g1.C = dq + 2 * D; g1.ldc = ld; g1.stride_c = Dh;
+      RA_RETURN_IF_ERROR(gemm_unlocked(g1));
+      Gemm g2 = heads_gemm(H);  // dp = do vᵀ        [H][N, N]
+      g2.trans_b = true;
+      g2.M = N; g2.N = N; g2.K = Dh;
+      g2.A = dout; g2.lda = D; g2.stride_a = Dh;
+      g2.B = q + 2 * D; g2.ldb = ld; g2.stride_b = Dh;
+      g2.C = ds; g2.ldc = N; g2.stride_c = NN;
+      RA_RETURN_IF_ERROR(gemm_unlocked(g2));
+    }
+    softmax_backward_kernel<<<row_blocks(*this, nb * H * N), 32 * kRowsPerBlock, 0, stream_>>>(
+        probs + b0 * H * NN, ds0, nb * H * N, N);
+    RA_RETURN_IF_ERROR(launched("attention_backward (softmax)"));
+    for (int64_t b = b0; b < b0 + nb; ++b) {
+      const float* q = qkv + b * N * ld;
+      float* dq = d_qkv + b * N * ld;
+      const float* ds = ds0 + (b - b0) * H * NN;
+      Gemm g3 = heads_gemm(H);  // dq = scale · ds k  [H][N, Dh]
+      g3.M = N; g3.N = Dh; g3.K = N; g3.alpha = scale;
+      g3.A = ds; g3.lda = N; g3.stride_a = NN;
+      g3.B = q + D; g3.ldb = ld; g3.stride_b = Dh;
+      g3.C = dq; g3.ldc = ld; g3.stride_c = Dh;
+      RA_RETURN_IF_ERROR(gemm_unlocked(g3));
+      Gemm g4 = heads_gemm(H);  // dk = scale · dsᵀ q [H][N, Dh]
+      g4.trans_a = true;
+      g4.M = N; g4.N = Dh; g4.K = N; g4.alpha = scale;
+      g4.A = ds; g4.lda = N; g4.stride_a = NN;
+      g4.B = q; g4.ldb = ld; g4.stride_b = Dh;
+      g4.C = dq + D; g4.ldc = ld; g4.stride_c = Dh;
+      RA_RETURN_IF_ERROR(gemm_unlocked(g4));
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace repadapter

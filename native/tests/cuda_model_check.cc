@@ -1,0 +1,266 @@
+// The whole ViT with RepAdapter on CUDA against the CPU: training steps, optimizer, fold.
+//
+//   cuda_model_check [--config tiny|small|vit_b16] [--batch B] [--placement attn|block]
+//                    [--trainable adapters|all|both] [--tol T] [--grad-tol T] [--lib-dir DIR]
+//                    [--self-test]
+//
+// For each trainable mode: builds the same model on both backends (ViT::Create with one seed:
+// parameters are initialised on the host and uploaded, so they are equal), gives the adapters
+// random non-zero values (a fresh adapter is the identity, whose gradients are trivial), then
+//   step 1: training forward (dropout and drop path on) + backward: logits, loss, every
+//           trainable gradient, the image gradient, Σ grad²;
+//   AdamW step on both, then step 2 (new dropout masks, updated weights): the same comparisons;
+//   eval forward; fold; eval forward of the folded model (against CUDA's and against the
+//   unfolded logits of the same backend).
+// Both backends are wrapped in PoisonBackend (outputs an op overwrites are NaN first).
+// Metric per tensor: max |cuda − cpu| / max |cpu| ≤ tol (check_util.h).
+// --self-test runs the CPU backend against a second CPU backend instead of CUDA (checks the
+// harness on a machine without a GPU).
+// Exit: 0 passed, 1 a comparison failed, 2 CUDA unavailable, 3 bad usage.
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../cpu/cpu_backend.h"
+#include "../model/vit.h"
+#include "check_util.h"
+#include "poison_backend.h"
+
+using namespace repadapter;
+using namespace repadapter::check;
+
+namespace {
+
+struct Options {
+  std::string config = "small";
+  int64_t batch = 4;
+  Placement placement = Placement::kBlock;
+  std::vector<Trainable> modes = {Trainable::kAdapters, Trainable::kAll};
+  double tol = 1e-4;       // logits, loss, folded logits
+  double grad_tol = 5e-4;  // gradients (12 blocks of float32 rounding, both ways)
+};
+
+bool preset(const std::string& name, ViTConfig* c) {
+  if (name == "tiny") {  // 2 blocks: fast, for compute-sanitizer
+    c->image_size = 32; c->patch_size = 8; c->width = 64; c->depth = 2; c->heads = 4;
+    c->mlp_hidden = 128; c->num_classes = 10;
+  } else if (name == "small") {  // ViT-Ti-like at 64 px
+    c->image_size = 64; c->patch_size = 16; c->width = 192; c->depth = 4; c->heads = 3;
+    c->mlp_hidden = 768; c->num_classes = 100;
+  } else if (name == "vit_b16") {  // vit_base_patch16_224
+    c->image_size = 224; c->patch_size = 16; c->width = 768; c->depth = 12; c->heads = 12;
+    c->mlp_hidden = 3072; c->num_classes = 1000;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+struct Side {
+  std::unique_ptr<PoisonBackend> be;
+  std::unique_ptr<ViT> model;
+};
+
+class Checker {
+ public:
+  explicit Checker(double tol, double grad_tol) : tol_(tol), grad_tol_(grad_tol) {}
+  void add(Result r) {
+    failed_ += !r.pass;
+    print_result(r);
+  }
+  void fail(const std::string& what, const Status& st) { add(failure("model", what, st.message())); }
+  int failed() const { return failed_; }
+  double tol() const { return tol_; }
+  double grad_tol() const { return grad_tol_; }
+
+ private:
+  double tol_, grad_tol_;
+  int failed_ = 0;
+};
+
+Status download_param(ViT& m, const Param& p, bool grad, std::vector<float>* out) {
+  out->resize(static_cast<size_t>(p.numel));
+  RA_RETURN_IF_ERROR(m.backend().synchronize());
+  return m.backend().download(out->data(), grad ? p.grad : p.data, p.numel * sizeof(float));
+}
+
+// Random non-zero adapters (and head bias), the same host values uploaded to both models.
+Status randomize_adapters(Side* sides, uint64_t seed) {
+  Gen g(seed);
+  for (const Param& p : sides[0].model->params()) {
+    const bool adapter = p.role == Role::kAdapter && p.name.find("conv_A.weight") == std::string::npos;
+    if (!adapter && p.name != "head.bias") continue;
+    const std::vector<float> v = g.uniform(p.numel, -0.2f, 0.2f);
+    for (int i = 0; i < 2; ++i) {
+      Param* q = sides[i].model->find(p.name);
+      if (!q) return Internal("parameter " + p.name + " missing on one side");
+      RA_RETURN_IF_ERROR(sides[i].be->upload(q->data, v.data(), v.size() * sizeof(float)));
+    }
+  }
+  return Status::Ok();
+}
+
+// One training step on both sides, then every comparison of its results.
+void train_step(Side* sides, const std::vector<float>& images, const std::vector<int32_t>& labels,
+                int64_t B, const std::string& tag, Checker* check) {
+  const ViTConfig& c = sides[0].model->config();
+  const int64_t S = c.image_size, C = c.num_classes;
+  std::vector<float> logits[2], dimg[2];
+  float loss[2] = {0, 0};
+  double sumsq[2] = {0, 0};
+  for (int i = 0; i < 2; ++i) {
+    ViT& m = *sides[i].model;
+    logits[i].resize(B * C);
+    dimg[i].resize(B * 3 * S * S);
+    Status st = m.zero_grad();
+    if (st.ok()) st = m.forward(images.data(), B, true, true, logits[i].data());
+    Target t;
+    t.labels = labels.data();
+    t.smoothing = 0.1f;
+    if (st.ok()) st = m.backward(t, &loss[i]);
+    if (st.ok()) st = m.input_grad(dimg[i].data());
+    if (st.ok()) st = m.grad_sum_squares(&sumsq[i]);
+    if (!st.ok()) return check->fail(tag + (i ? " cuda" : " cpu"), st);
+  }
+  check->add(compare("model", tag, "logits", logits[0], logits[1], check->tol()));
+  check->add(compare("model", tag, "loss", {loss[0]}, {loss[1]}, check->tol()));
+  check->add(compare("model", tag, "d_images", dimg[0], dimg[1], check->grad_tol()));
+  check->add(compare("model", tag, "Σ grad²", {static_cast<float>(sumsq[0])}, {static_cast<float>(sumsq[1])},
+                     check->grad_tol()));
+  for (const Param& p : sides[0].model->params()) {
+    if (!p.trainable) continue;
+    Param* q = sides[1].model->find(p.name);
+    std::vector<float> g0, g1;
+    Status st = q ? download_param(*sides[0].model, p, true, &g0) : Internal("missing on cuda");
+    if (st.ok()) st = download_param(*sides[1].model, *q, true, &g1);
+    if (!st.ok()) return check->fail(tag + " grad " + p.name, st);
+    Result r = compare("model", tag, "grad", g0, g1, check->grad_tol());
+    r.note = p.name + (r.note.empty() ? "" : "  " + r.note);
+    check->add(r);
+  }
+}
+
+void eval(Side* sides, const std::vector<float>& images, int64_t B, std::vector<float>* out,
+          const std::string& tag, Checker* check) {
+  const int64_t C = sides[0].model->config().num_classes;
+  for (int i = 0; i < 2; ++i) {
+    out[i].resize(B * C);
+    Status st = sides[i].model->forward(images.data(), B, false, false, out[i].data());
+    if (!st.ok()) return check->fail(tag + (i ? " cuda" : " cpu"), st);
+  }
+  check->add(compare("model", tag, "logits", out[0], out[1], check->tol()));
+}
+
+void run_mode(Backend& cuda, const ViTConfig& base, Trainable mode, int64_t B, Checker* check) {
+  ViTConfig config = base;
+  config.trainable = mode;
+  const std::string name = std::string("trainable=") + trainable_name(mode);
+  std::printf("\n-- %s, %s placement, batch %lld --\n", name.c_str(), placement_name(config.adapter.placement),
+              static_cast<long long>(B));
+  Side sides[2];
+  sides[0].be.reset(new PoisonBackend(cpu_backend()));
+  sides[1].be.reset(new PoisonBackend(cuda));
+  for (int i = 0; i < 2; ++i) {
+    Status st = ViT::Create(*sides[i].be, config, 2024, &sides[i].model);
+    if (!st.ok()) return check->fail(name + (i ? " create cuda" : " create cpu"), st);
+  }
+  Status st = randomize_adapters(sides, 99);
+  if (!st.ok()) return check->fail(name + " randomize", st);
+
+  Gen g(4242);
+  const int64_t S = config.image_size;
+  const std::vector<float> images = g.uniform(B * 3 * S * S, -1, 1);
+  std::vector<int32_t> labels(B);
+  for (int64_t b = 0; b < B; ++b) labels[b] = static_cast<int32_t>(g.integer(config.num_classes));
+
+  train_step(sides, images, labels, B, name + " step 1", check);
+  for (int i = 0; i < 2; ++i) {
+    ViT& m = *sides[i].model;
+    AdamWStep hyper;
+    hyper.lr = 1e-3f;
+    hyper.weight_decay = 0.05f;
+    hyper.step = 1;
+    st = m.adamw_step({{0, m.trainable_count(), 1e-3f, 0.05f}}, hyper);
+    if (!st.ok()) return check->fail(name + (i ? " adamw cuda" : " adamw cpu"), st);
+  }
+  train_step(sides, images, labels, B, name + " step 2", check);
+
+  std::vector<float> unfolded[2], folded[2];
+  eval(sides, images, B, unfolded, name + " eval", check);
+  if (config.adapter.placement == Placement::kNone) return;
+  for (int i = 0; i < 2; ++i) {
+    st = sides[i].model->fold();
+    if (!st.ok()) return check->fail(name + (i ? " fold cuda" : " fold cpu"), st);
+  }
+  eval(sides, images, B, folded, name + " folded eval", check);
+  // Folding is exact up to float rounding on each backend.
+  for (int i = 0; i < 2; ++i)
+    check->add(compare("model", name + (i ? " fold≡unfold cuda" : " fold≡unfold cpu"), "logits", unfolded[i],
+                       folded[i], check->tol()));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  bool self_test = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const bool has = i + 1 < argc;
+    if (a == "--config" && has) {
+      o.config = argv[++i];
+    } else if (a == "--batch" && has) {
+      o.batch = std::atoll(argv[++i]);
+    } else if (a == "--placement" && has) {
+      const std::string v = argv[++i];
+      o.placement = v == "attn" ? Placement::kAttn : v == "block" ? Placement::kBlock : Placement::kNone;
+    } else if (a == "--trainable" && has) {
+      const std::string v = argv[++i];
+      if (v == "adapters") o.modes = {Trainable::kAdapters};
+      else if (v == "all") o.modes = {Trainable::kAll};
+      else if (v == "head") o.modes = {Trainable::kHead};
+      else if (v != "both") o.modes = {};
+    } else if (a == "--tol" && has) {
+      o.tol = std::atof(argv[++i]);
+    } else if (a == "--grad-tol" && has) {
+      o.grad_tol = std::atof(argv[++i]);
+    } else if (a == "--lib-dir" && has) {
+      ++i;
+    } else if (a == "--self-test") {
+      self_test = true;
+    } else {
+      o.modes = {};
+      break;
+    }
+  }
+  ViTConfig config;
+  if (!preset(o.config, &config) || o.batch <= 0 || o.modes.empty()) {
+    std::fprintf(stderr,
+                 "usage: %s [--config tiny|small|vit_b16] [--batch B] [--placement attn|block|none]\n"
+                 "          [--trainable adapters|all|head|both] [--tol T] [--grad-tol T] [--lib-dir DIR] [--self-test]\n",
+                 argv[0]);
+    return 3;
+  }
+  config.adapter.placement = o.placement;
+  config.adapter.hidden = 8;
+  config.adapter.groups = 2;
+  config.adapter.scale = 0.5f;
+  config.adapter.dropout = 0.1f;
+  config.drop_path = 0.1f;
+  CpuBackend second_cpu;
+  Backend* cuda = self_test ? &second_cpu : load_cuda_or_report(lib_dir_from_args(argc, argv));
+  if (!cuda) return 2;
+  std::printf("cuda_model_check: %s (S=%lld p=%lld D=%lld depth=%lld H=%lld F=%lld C=%lld), batch %lld, "
+              "tol %.1e, grad tol %.1e\n",
+              o.config.c_str(), (long long)config.image_size, (long long)config.patch_size,
+              (long long)config.width, (long long)config.depth, (long long)config.heads,
+              (long long)config.mlp_hidden, (long long)config.num_classes, (long long)o.batch, o.tol,
+              o.grad_tol);
+  Checker check(o.tol, o.grad_tol);
+  print_header();
+  for (Trainable mode : o.modes) run_mode(*cuda, config, mode, o.batch, &check);
+  std::printf("\n%s\n", check.failed() ? "cuda_model_check: FAIL" : "cuda_model_check: PASS");
+  return check.failed() ? 1 : 0;
+}
