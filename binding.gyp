@@ -19,6 +19,7 @@
         "native/model/layers.cc",
         "native/model/vit.cc",
         "native/model/op_checks.cc",
+        "native/core/backend_registry.cc",
         "native/data/batch.cc",
         "native/napi/addon.cc",
         "native/napi/compute_queue.cc",
@@ -31,7 +32,7 @@
       "cflags_cc": ["-std=c++17", "-O3", "-fno-trapping-math", "-fno-math-errno", "-fopenmp", "-fexceptions"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
       "ldflags": ["-fopenmp", "-Wl,-z,nodelete"],
-      "libraries": ["-ldnnl"]
+      "libraries": ["-ldnnl", "-ldl"]
     }
   ]
 }

@@ -69,6 +69,7 @@ export interface NativeViTHandle {
   adamwStep(ranges: Float64Array, hyper: { beta1: number; beta2: number; eps: number; step: number; gradScale: number }): void;
   sgdStep(ranges: Float64Array, hyper: { momentum: number; dampening: number; nesterov: boolean; first: boolean; gradScale: number }): void;
   gradSumSquares(): number;
+  device(): 'cpu' | 'cuda';
   profile(reset?: boolean): { op: string; seconds: number; calls: number; flops: number }[];
   getOptimizerState(slot: 0 | 1): Float32Array | null;
   setOptimizerState(slot: 0 | 1, data: Float32Array): void;
@@ -107,7 +108,7 @@ export interface NativeBatchResult {
 }
 
 export interface NativeAddon {
-  NativeViT: new (config: NativeConfig, seed: number, options?: { profile?: boolean }) => NativeViTHandle;
+  NativeViT: new (config: NativeConfig, seed: number, options?: { profile?: boolean; device?: 'cpu' | 'cuda' | 'auto' }) => NativeViTHandle;
   NativeTensor: new (data: Float32Array, shape: number[]) => NativeTensorHandle;
   runOp(
     name: string,

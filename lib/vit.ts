@@ -29,6 +29,13 @@ export interface CreateOptions extends ViTOptions {
   seed?: number;
   /** Time every native op (see profile()); for benchmarks, it adds a little overhead. */
   profile?: boolean;
+  /**
+   * Where the model computes: 'cpu' (default), 'cuda' (the GPU; a NativeError says why when it
+   * cannot be had: backend not built, CUDA libraries missing, no driver, no device) or 'auto'
+   * (the GPU when available, else the CPU). Tensors stay in host memory either way: a CUDA model
+   * uploads its inputs and downloads its results.
+   */
+  device?: 'cpu' | 'cuda' | 'auto';
 }
 
 export interface OpProfile {
@@ -70,10 +77,17 @@ export class ViT implements Disposable {
    * identity). Load pretrained weights with `load()`.
    */
   static create(config: string | ViTOptions, options: CreateOptions = {}): ViT {
-    const { seed = 0, profile = false, ...overrides } = options;
+    const { seed = 0, profile = false, device = 'cpu', ...overrides } = options;
     if (!Number.isSafeInteger(seed) || seed < 0) throw new ConfigError(expected('a non-negative integer', 'seed', seed));
+    if (device !== 'cpu' && device !== 'cuda' && device !== 'auto')
+      throw new ConfigError(expected("'cpu' | 'cuda' | 'auto'", 'device', device));
     const resolved = resolveConfig(config, overrides);
-    return new ViT(call(() => new native.NativeViT(resolved, seed, { profile })));
+    return new ViT(call(() => new native.NativeViT(resolved, seed, { profile, device })));
+  }
+
+  /** Where the model computes. */
+  get device(): 'cpu' | 'cuda' {
+    return call(() => this.handle().device());
   }
 
   /** The resolved config; after fold() its adapter is null. */

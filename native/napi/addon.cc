@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "../core/backend_registry.h"
 #include "../core/profiling_backend.h"
 #include "../cpu/cpu_backend.h"
 #include "../model/op_checks.h"
@@ -156,6 +157,7 @@ class Model : public Napi::ObjectWrap<Model> {
       InstanceMethod<&Model::GetOptimizerState>("getOptimizerState"),
       InstanceMethod<&Model::SetOptimizerState>("setOptimizerState"),
       InstanceMethod<&Model::Profile>("profile"),
+      InstanceMethod<&Model::DeviceName>("device"),
       InstanceMethod<&Model::Dispose>("dispose"),
     });
   }
@@ -168,9 +170,20 @@ class Model : public Napi::ObjectWrap<Model> {
     uint64_t seed = info.Length() > 1 && info[1].IsNumber()
                         ? static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value())
                         : 0;
+    // new NativeViT(config, seed, { device: 'cpu' | 'cuda' | 'auto', profile })
+    Napi::Object options = info.Length() > 2 && info[2].IsObject() ? info[2].As<Napi::Object>() : Napi::Object::New(env);
+    const std::string device = get_string(options, "device", "cpu");
     Backend* backend = &cpu_backend();
-    // new NativeViT(config, seed, { profile: true }) times every backend op (see profile()).
-    if (info.Length() > 2 && info[2].IsObject() && info[2].As<Napi::Object>().Get("profile").ToBoolean()) {
+    if (device == "cuda") {
+      throw_if_error(env, get_backend(Device::kCUDA, "", &backend));
+    } else if (device == "auto") {
+      Backend* cuda = nullptr;
+      if (get_backend(Device::kCUDA, "", &cuda).ok()) backend = cuda;
+    } else if (device != "cpu") {
+      throw_type(env, "expected 'cpu' | 'cuda' | 'auto' for device, got '" + device + "'");
+    }
+    // profile: time every backend op (see profile()).
+    if (options.Get("profile").ToBoolean()) {
       profiler_ = std::make_unique<ProfilingBackend>(*backend);
       backend = profiler_.get();
     }
@@ -500,6 +513,10 @@ class Model : public Napi::ObjectWrap<Model> {
                           std::to_string(data.ElementLength()));
     throw_if_error(env, m.ensure_optimizer_state(slot + 1));
     throw_if_error(env, m.backend().upload(m.optimizer_state(slot), data.Data(), data.ElementLength() * sizeof(float)));
+  }
+
+  Napi::Value DeviceName(const Napi::CallbackInfo& info) {
+    return Napi::String::New(info.Env(), live(info.Env()).backend().device() == Device::kCUDA ? "cuda" : "cpu");
   }
 
   // profile(reset?) → [{op, seconds, calls, flops}] since the last reset; [] without profiling.

@@ -1,0 +1,44 @@
+/**
+ * Device selection. On a machine with a working GPU, a CUDA model must give the CPU model's
+ * numbers; everywhere else, asking for 'cuda' must say exactly why it cannot be had, and 'auto'
+ * must fall back to the CPU.
+ */
+import test from 'ava';
+
+import { NativeError, Tensor, ViT } from '../lib/index.js';
+import { randomise, randn, relErr, rng } from './util.js';
+
+const CONFIG = { imageSize: 16, patchSize: 4, width: 32, depth: 2, heads: 2, numClasses: 5 };
+const ADAPTER = { placement: 'block' as const, hidden: 8, groups: 2, scale: 0.5, dropout: 0 };
+
+function cudaModel(): ViT | Error {
+  try {
+    return ViT.create(CONFIG, { device: 'cuda', adapter: ADAPTER });
+  } catch (error) {
+    return error as Error;
+  }
+}
+
+test("'cpu' is the default and 'auto' picks the GPU only where one works", (t) => {
+  using cpu = ViT.create(CONFIG);
+  t.is(cpu.device, 'cpu');
+  using auto = ViT.create(CONFIG, { device: 'auto' });
+  t.is(auto.device, cudaModel() instanceof Error ? 'cpu' : 'cuda');
+});
+
+test("'cuda' either works and matches the CPU, or says why it is unavailable", (t) => {
+  const gpu = cudaModel();
+  if (gpu instanceof Error) {
+    t.true(gpu instanceof NativeError, String(gpu));
+    t.is((gpu as NativeError).code, 'RA_UNAVAILABLE');
+    t.regex(gpu.message, /CUDA backend not built|cannot load the CUDA backend|no CUDA driver|no CUDA device|CUDA backend unavailable/);
+    t.log(`no GPU here: ${gpu.message.split('\n')[0]}`);
+    return;
+  }
+  using cuda = gpu;
+  using cpu = ViT.create(CONFIG, { adapter: ADAPTER });
+  randomise(cpu, 3);
+  cuda.loadStateDict(cpu.stateDict());
+  using images = Tensor.from(randn(rng(4), 2 * 3 * 16 * 16), [2, 3, 16, 16]);
+  t.true(relErr(cuda.eval().forward(images).toArray(), cpu.eval().forward(images).toArray()) < 1e-4);
+});
