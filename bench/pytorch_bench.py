@@ -143,33 +143,8 @@ def build(workload, settings):
     import torch.nn as nn
     from timm.models.vision_transformer import VisionTransformer
 
-    class RepAdapter(nn.Module):
-        """luogen1996/RepAdapter: x + scale * conv_B(dropout(conv_A(x))) over channels."""
-
-        def __init__(self, in_features, hidden_dim=8, groups=2, scale=1.0, dropout=0.1):
-            super().__init__()
-            self.conv_A = nn.Conv1d(in_features, hidden_dim, 1, groups=1, bias=True)
-            self.conv_B = nn.Conv1d(hidden_dim, in_features, 1, groups=groups, bias=True)
-            self.dropout = nn.Dropout(dropout)
-            self.groups = groups
-            self.scale = scale
-
-        def forward(self, x):  # x [B,N,d]
-            x = x.transpose(1, 2)
-            x = self.conv_B(self.dropout(self.conv_A(x))) * self.scale + x
-            return x.transpose(1, 2).contiguous()
-
-    def forward_block_attn(self, x, attn_mask=None, is_causal=False):
-        x = x + self.drop_path1(self.ls1(self.attn(self.adapter_attn(self.norm1(x)),
-                                                   attn_mask=attn_mask, is_causal=is_causal)))
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        return x
-
-    def forward_block_block(self, x, attn_mask=None, is_causal=False):
-        x = x + self.drop_path1(self.ls1(self.attn(self.adapter_attn(self.norm1(x)),
-                                                   attn_mask=attn_mask, is_causal=is_causal)))
-        x = x + self.drop_path2(self.ls2(self.mlp(self.adapter_mlp(self.norm2(x)))))
-        return x
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from repadapter_torch import attach_adapters  # the definition the test fixtures use
 
     c = workload["config"]
     a = settings["adapter"]
@@ -188,13 +163,7 @@ def build(workload, settings):
     if placement is None:
         return model
     gen = torch.Generator().manual_seed(settings["seed"] + 7919)
-    for blk in model.blocks:
-        blk.adapter_attn = RepAdapter(c["width"], a["hidden"], a["groups"], a["scale"], a["dropout"])
-        if placement == "block":
-            blk.adapter_mlp = RepAdapter(c["width"], a["hidden"], a["groups"], a["scale"], a["dropout"])
-            blk.forward = types.MethodType(forward_block_block, blk)
-        else:
-            blk.forward = types.MethodType(forward_block_attn, blk)
+    attach_adapters(model, placement, a["hidden"], a["groups"], a["scale"], a["dropout"])
     # random non-zero adapters (new ones are the identity; nothing may be optimised away)
     with torch.no_grad():
         for name, p in model.named_parameters():
