@@ -43,7 +43,8 @@ then run this script with Debian's python3 (not a pyenv one without torch) and t
 (from the Node benchmark: REPADAPTER_TIMM_PATH=/tmp/timm_site npm run bench -- --compare)"""
 
 METHODS = ["repadapter-attn", "repadapter-block", "full", "linear-probe",
-           "infer-plain", "infer-unfolded-attn", "infer-unfolded-block", "infer-folded"]
+           "infer-plain", "infer-unfolded-attn", "infer-unfolded-block", "infer-folded",
+           "infer-onnxruntime"]
 # kind, placement (None: no adapters; "any": the folded row folds the first placement), trainable
 METHOD_SPECS = {
     "repadapter-attn": ("train", "attn", "adapters"),
@@ -54,6 +55,7 @@ METHOD_SPECS = {
     "infer-unfolded-attn": ("infer", "attn", None),
     "infer-unfolded-block": ("infer", "block", None),
     "infer-folded": ("infer", "any", None),
+    "infer-onnxruntime": ("infer", "any", None),  # measured on the Node side only
 }
 SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12),
          "large": (1024, 24, 16), "huge": (1280, 32, 16)}
@@ -233,6 +235,8 @@ def run_workload(workload, settings):
 
     torch.set_num_threads(os.cpu_count())
     row = dict(workload, status="ok", baselineRssMB=rss_now_mb())
+    if workload["method"] == "infer-onnxruntime":
+        return dict(row, status="skipped", note="onnxruntime-node runs on the Node side of the benchmark")
     device, dtype = settings["device"], settings["dtype"]
     if device == "cuda" and not torch.cuda.is_available():
         return dict(row, status="skipped", note="cuda: torch.cuda.is_available() is False")

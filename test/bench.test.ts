@@ -45,7 +45,7 @@ test('runBench on a tiny config writes every requested row (JSON, markdown, SVG)
   });
   const expected = [
     ...['repadapter-attn', 'repadapter-block', 'full', 'linear-probe'].map((m) => workloadId(m, 'custom', 2)),
-    ...['infer-plain', 'infer-unfolded-attn', 'infer-unfolded-block', 'infer-folded'].flatMap((m) => [
+    ...['infer-plain', 'infer-unfolded-attn', 'infer-unfolded-block', 'infer-folded', 'infer-onnxruntime'].flatMap((m) => [
       workloadId(m, 'custom', 1),
       workloadId(m, 'custom', 2),
     ]),
@@ -64,7 +64,8 @@ test('runBench on a tiny config writes every requested row (JSON, markdown, SVG)
     for (const v of Object.values(row.stepMs!)) t.true(Number.isFinite(v), row.id);
     t.true(Number.isFinite(row.imagesPerSec) && Number.isFinite(row.peakRssMB) && row.peakRssMB! > 0, row.id);
     t.true(row.params!.trainable > 0 && row.params!.trainable <= row.params!.total, row.id);
-    t.true(Array.isArray(row.profile) && row.profile.length > 0, row.id);
+    // onnxruntime's row has no per-op profile of ours
+    if (row.method !== 'infer-onnxruntime') t.true(Array.isArray(row.profile) && row.profile.length > 0, row.id);
     t.is(row.kind, row.method.startsWith('infer') ? 'infer' : 'train');
   }
   const byMethod = (m: string) => json.rows.find((r) => r.method === m)!;
@@ -204,7 +205,7 @@ test('the plan: methods × models × batches, presets for sizes, every problem a
   t.is(plan.workloads[0].placement, 'attn');
   t.deepEqual(plan.workloads[1].config, { imageSize: 224, patchSize: 16, width: 384, depth: 12, heads: 6, mlpHidden: 1536, numClasses: 1000 });
   const all = makePlan({ model: 'vit_small_patch32_224', sizes: ['base'] });
-  t.is(all.workloads.length, 4 * 2 + 4 * 2);
+  t.is(all.workloads.length, 4 * 2 + 5 * 2); // 4 training methods × 2 batches, 5 inference × 2
   t.deepEqual([...new Set(all.workloads.map((w) => w.method))], [...METHODS]);
   t.true(all.workloads.every((w) => w.model === 'vit_base_patch32_224'));
   const error = t.throws(() => makePlan({ model: 'vit_nope', methods: ['dance' as never], batch: [0], repeats: 0 }), { instanceOf: ConfigError });

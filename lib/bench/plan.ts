@@ -50,6 +50,8 @@ export const METHOD_SPECS: Readonly<Record<Method, MethodSpec>> = {
   'infer-unfolded-attn': { kind: 'infer', placement: 'attn', trainable: null },
   'infer-unfolded-block': { kind: 'infer', placement: 'block', trainable: null },
   'infer-folded': { kind: 'infer', placement: 'any', trainable: null },
+  // The folded model exported to ONNX and run by onnxruntime-node: the CPU inference bar.
+  'infer-onnxruntime': { kind: 'infer', placement: 'any', trainable: null },
 };
 
 /** `bf16` / `fp32` spellings → the canonical dtype name; null when unknown. */

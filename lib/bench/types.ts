@@ -16,6 +16,7 @@ export const METHODS = [
   'infer-unfolded-attn',
   'infer-unfolded-block',
   'infer-folded',
+  'infer-onnxruntime',
 ] as const;
 export type Method = (typeof METHODS)[number];
 

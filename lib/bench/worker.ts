@@ -6,9 +6,11 @@
  * A training step is forward + backward (+ a real AdamW update when lib/optim is there); an
  * inference step is an eval-mode forward. Images are random normalised floats, labels random.
  */
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { ONNX_INPUT, toOnnx } from '../io/onnx.js';
 import { native } from '../native.js';
 import { Tensor } from '../tensor.js';
 import { ViT, type CreateOptions } from '../vit.js';
@@ -112,7 +114,7 @@ export async function runWorkload(request: WorkerRequest): Promise<WorkerReply> 
   const B = workload.batch;
 
   if (workload.placement) randomiseAdapters(model, settings.seed);
-  if (workload.method === 'infer-folded') model.fold();
+  if (workload.method === 'infer-folded' || workload.method === 'infer-onnxruntime') model.fold();
   row.params = model.countParameters();
 
   const random = rng(settings.seed + 104729 * B);
@@ -120,9 +122,24 @@ export async function runWorkload(request: WorkerRequest): Promise<WorkerReply> 
   const labels = new Int32Array(B);
   for (let i = 0; i < B; i++) labels[i] = Math.min(C - 1, Math.floor(random() * C));
 
-  let step: () => void;
+  let step: () => void | Promise<unknown>;
   let optimizer: OptimizerLike | null = null;
-  if (workload.kind === 'train') {
+  if (workload.method === 'infer-onnxruntime') {
+    const ort = await loadOnnxRuntime();
+    if (!ort) {
+      model.dispose();
+      images.dispose();
+      return { row: { ...row, status: 'skipped', note: 'onnxruntime-node is not installed' }, backend: native.backend, optimizer: null };
+    }
+    // The same folded weights, exported and run with as many threads as we use.
+    const session = await ort.InferenceSession.create(toOnnx(model), {
+      intraOpNumThreads: os.availableParallelism(),
+      interOpNumThreads: 1,
+      graphOptimizationLevel: 'all',
+    });
+    const input = new ort.Tensor('float32', images.toArray(), [B, 3, S, S]);
+    step = () => session.run({ [ONNX_INPUT]: input });
+  } else if (workload.kind === 'train') {
     model.train();
     optimizer = await makeOptimizer(model, settings);
     step = optimizer
@@ -141,12 +158,12 @@ export async function runWorkload(request: WorkerRequest): Promise<WorkerReply> 
     step = () => model.forward(images).dispose();
   }
 
-  for (let i = 0; i < settings.warmup; i++) step();
+  for (let i = 0; i < settings.warmup; i++) await step();
   if (settings.profile) model.profile({ reset: true });
   const samplesMs: number[] = [];
   for (let i = 0; i < settings.repeats; i++) {
     const t0 = process.hrtime.bigint();
-    step();
+    await step();
     samplesMs.push(Number(process.hrtime.bigint() - t0) / 1e6);
   }
   if (settings.profile) row.profile = profileEntries(model.profile({ reset: true }), settings.repeats);
@@ -159,6 +176,21 @@ export async function runWorkload(request: WorkerRequest): Promise<WorkerReply> 
   images.dispose();
   model.dispose();
   return { row, backend: native.backend, optimizer: workload.kind === 'train' ? (optimizer ? 'adamw' : 'none') : null };
+}
+
+interface OrtModule {
+  InferenceSession: { create(model: Uint8Array, options: object): Promise<{ run(feeds: object): Promise<unknown> }> };
+  Tensor: new (type: 'float32', data: Float32Array, dims: number[]) => object;
+}
+
+/** onnxruntime-node when installed (a dev dependency), else null. */
+async function loadOnnxRuntime(): Promise<OrtModule | null> {
+  const name = 'onnxruntime-node';  // not a literal import: type-checking must not need it
+  try {
+    return (await import(name)) as OrtModule;
+  } catch {
+    return null;
+  }
 }
 
 // Entry point when forked by runBench (and only then: importing this module does nothing).
