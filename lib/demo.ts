@@ -40,8 +40,8 @@ export interface DemoOptions {
 }
 
 const BACKBONE: ViTOptions = { imageSize: 28, patchSize: 7, width: 96, depth: 6, heads: 4, mlpRatio: 2 };
-const PRETRAIN = { classes: [0, 1, 2, 3, 4], epochs: 4, batch: 128, lr: 1e-3 };
-const ADAPT = { classes: [5, 6, 7, 8, 9], perClass: 200, epochs: 30, batch: 50 };
+const PRETRAIN = { classes: [0, 1, 2, 3, 4], epochs: 3, batch: 128, lr: 1e-3 };
+const ADAPT = { classes: [5, 6, 7, 8, 9], perClass: 200, epochs: 20, batch: 50 };
 
 /** The images whose label is in `classes`, relabelled 0…k−1, at most `perClass` of each. */
 function subset(ds: ImageDataset, classes: readonly number[], perClass = Infinity): ImageDataset {

@@ -62,7 +62,9 @@ const cases: OpCase[] = [
   { op: 'linear', attrs: { M: 4, in: 6, out: 20 }, inputs: { x: randn(r, 24), w: randn(r, 120, 0.5), b: randn(r, 20) } },
   { op: 'layernorm', attrs: { M: 3, D: 6, eps: 1e-6 }, inputs: { x: randn(r, 18), w: randn(r, 6), b: randn(r, 6) } },
   { op: 'gelu', attrs: { n: 24 }, inputs: { x: randn(r, 24, 1.5) } },
+  // Up to 64 tokens a head runs as plain loops, beyond that as oneDNN gemms: one case each.
   { op: 'attention', attrs: { B: 2, N: 3, H: 2, Dh: 2 }, inputs: { qkv: randn(r, 2 * 3 * 12) } },
+  { op: 'attention', attrs: { B: 1, N: 70, H: 2, Dh: 2 }, inputs: { qkv: randn(r, 70 * 12) } },
   {
     op: 'adapter',
     attrs: { M: 3, D: 8, R: 4, G: 2, scale: 0.7, dropout: 0.3, train: 1, seed: 5 },

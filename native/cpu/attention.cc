@@ -44,6 +44,72 @@ RA_VECTOR_CLONES void softmax_backward_rows(const float* p, float* d, int64_t N)
   }
 }
 
+// Below this many tokens a head's products are too small for a gemm call to pay for itself
+// (oneDNN's per-call cost exceeds the arithmetic); plain loops over rows of q, k, v do them.
+constexpr int64_t kSmallTokens = 64;
+
+// One head, small N: s = scale·q kᵀ, softmax, out = p v. q, k, v, out rows have stride ld / ldo.
+RA_VECTOR_CLONES void small_head_forward(const float* q, const float* k, const float* v,
+                                         int64_t ld, float* s, float* out, int64_t ldo,
+                                         int64_t N, int64_t Dh, float scale) {
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      float dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t d = 0; d < Dh; ++d) dot += q[i * ld + d] * k[j * ld + d];
+      s[i * N + j] = scale * dot;
+    }
+  softmax_rows(s, N);
+  for (int64_t i = 0; i < N; ++i) {
+    float* o = out + i * ldo;
+    for (int64_t d = 0; d < Dh; ++d) o[d] = 0;
+    for (int64_t j = 0; j < N; ++j) {
+      const float p = s[i * N + j];
+      const float* vj = v + j * ld;
+#pragma omp simd
+      for (int64_t d = 0; d < Dh; ++d) o[d] += p * vj[d];
+    }
+  }
+}
+
+// One head, small N, backward: the same products as the gemm path, as loops.
+RA_VECTOR_CLONES void small_head_backward(const float* q, const float* k, const float* v,
+                                          int64_t ld, const float* p, const float* dout,
+                                          int64_t ldo, float* ds, float* dq, float* dk,
+                                          float* dv, int64_t N, int64_t Dh, float scale) {
+  for (int64_t j = 0; j < N; ++j)
+    for (int64_t d = 0; d < Dh; ++d) dq[j * ld + d] = dk[j * ld + d] = dv[j * ld + d] = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    const float* g = dout + i * ldo;
+    for (int64_t j = 0; j < N; ++j) {
+      const float pij = p[i * N + j];
+      const float* vj = v + j * ld;
+      float* dvj = dv + j * ld;
+      float dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t d = 0; d < Dh; ++d) {
+        dvj[d] += pij * g[d];  // dv = pᵀ do
+        dot += g[d] * vj[d];   // dp = do vᵀ
+      }
+      ds[i * N + j] = dot;
+    }
+  }
+  softmax_backward_rows(p, ds, N);
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      const float w = scale * ds[i * N + j];
+      const float* kj = k + j * ld;
+      const float* qi = q + i * ld;
+      float* dqi = dq + i * ld;
+      float* dkj = dk + j * ld;
+#pragma omp simd
+      for (int64_t d = 0; d < Dh; ++d) {
+        dqi[d] += w * kj[d];  // dq = scale·ds k
+        dkj[d] += w * qi[d];  // dk = scale·dsᵀ q
+      }
+    }
+}
+
 }  // namespace
 
 Status CpuBackend::attention_forward(const float* qkv, float* out, float* probs, int64_t B,
@@ -62,6 +128,10 @@ Status CpuBackend::attention_forward(const float* qkv, float* out, float* probs,
         const float* k = q + D;
         const float* v = q + 2 * D;
         float* s = probs ? probs + (b * H + h) * N * N : local.data();
+        if (N <= kSmallTokens) {
+          small_head_forward(q, k, v, ld, s, out + b * N * D + h * Dh, D, N, Dh, scale);
+          continue;
+        }
         Gemm scores;  // s = scale · q kᵀ            [N, N]
         scores.M = N; scores.N = N; scores.K = Dh; scores.trans_b = true;
         scores.A = q; scores.lda = ld; scores.B = k; scores.ldb = ld;
@@ -107,6 +177,10 @@ Status CpuBackend::attention_backward(const float* d_out, const float* qkv, cons
         const float* p = probs + (b * H + h) * N * N;
         const float* dout = d_out + b * N * D + h * Dh;
         float* ds = ds_local.data();
+        if (N <= kSmallTokens) {
+          small_head_backward(q, k, v, ld, p, dout, D, ds, dq, dk, dv, N, Dh, scale);
+          continue;
+        }
 
         Gemm g1;  // dv = pᵀ do                        [N, Dh]
         g1.trans_a = true; g1.M = N; g1.N = Dh; g1.K = N;

@@ -129,6 +129,11 @@ Napi::Object config_to_object(Napi::Env env, const ViTConfig& c) {
   return o;
 }
 
+// Every call that computes runs on the compute thread (see compute_queue.h for why).
+Status computed(Napi::Env env, const std::function<Status()>& work) {
+  return env.GetInstanceData<AddonData>()->queue->run_sync(work);
+}
+
 // ---- the model ------------------------------------------------------------------------------
 
 class Model : public Napi::ObjectWrap<Model> {
@@ -187,7 +192,7 @@ class Model : public Napi::ObjectWrap<Model> {
       profiler_ = std::make_unique<ProfilingBackend>(*backend);
       backend = profiler_.get();
     }
-    throw_if_error(env, ViT::Create(*backend, config, seed, &model_));
+    throw_if_error(env, computed(env, [&] { return ViT::Create(*backend, config, seed, &model_); }));
   }
 
  private:
@@ -297,7 +302,7 @@ class Model : public Napi::ObjectWrap<Model> {
     std::shared_ptr<Storage> logits;
     const int64_t C = model_->config().num_classes;
     throw_if_error(env, NativeTensor::Allocate(cpu_backend(), a.B * C, &logits));
-    throw_if_error(env, model_->forward(a.images->data, a.B, a.train, a.input_grad, logits->data));
+    throw_if_error(env, computed(env, [&] { return model_->forward(a.images->data, a.B, a.train, a.input_grad, logits->data); }));
     last_batch_ = a.B;
     return NativeTensor::Wrap(env, logits, {a.B, C});
   }
@@ -365,7 +370,7 @@ class Model : public Napi::ObjectWrap<Model> {
     Napi::Env env = info.Env();
     BackwardArgs a = backward_args(info);
     float loss = 0;
-    throw_if_error(env, model_->backward(a.target, &loss));
+    throw_if_error(env, computed(env, [&] { return model_->backward(a.target, &loss); }));
     return Napi::Number::New(env, loss);
   }
 
@@ -398,8 +403,14 @@ class Model : public Napi::ObjectWrap<Model> {
     return NativeTensor::Wrap(env, out, {last_batch_, 3, S, S});
   }
 
-  void ZeroGrad(const Napi::CallbackInfo& info) { throw_if_error(info.Env(), live(info.Env()).zero_grad()); }
-  void Fold(const Napi::CallbackInfo& info) { throw_if_error(info.Env(), live(info.Env()).fold()); }
+  void ZeroGrad(const Napi::CallbackInfo& info) {
+    ViT& m = live(info.Env());
+    throw_if_error(info.Env(), computed(info.Env(), [&] { return m.zero_grad(); }));
+  }
+  void Fold(const Napi::CallbackInfo& info) {
+    ViT& m = live(info.Env());
+    throw_if_error(info.Env(), computed(info.Env(), [&] { return m.fold(); }));
+  }
 
   void SetTrainable(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -410,7 +421,7 @@ class Model : public Napi::ObjectWrap<Model> {
     else if (mode == "head") t = Trainable::kHead;
     else if (mode == "all") t = Trainable::kAll;
     else throw_type(env, "expected 'adapters' | 'head' | 'all' for trainable, got '" + mode + "'");
-    throw_if_error(env, m.set_trainable(t));
+    throw_if_error(env, computed(env, [&] { return m.set_trainable(t); }));
   }
 
   Napi::Value Config(const Napi::CallbackInfo& info) {
@@ -467,7 +478,8 @@ class Model : public Napi::ObjectWrap<Model> {
     s.step = get_int(h, "step", 1);
     s.grad_scale = static_cast<float>(get_number(h, "gradScale", 1.0));
     if (s.step < 1) throw_type(env, "expected a step count ≥ 1 for step");
-    throw_if_error(env, m.adamw_step(ranges(env, info[0]), s));
+    const auto r = ranges(env, info[0]);
+    throw_if_error(env, computed(env, [&] { return m.adamw_step(r, s); }));
   }
 
   // sgdStep(ranges, {momentum, dampening, nesterov, first, gradScale})
@@ -482,12 +494,14 @@ class Model : public Napi::ObjectWrap<Model> {
     s.nesterov = h.Get("nesterov").ToBoolean();
     s.first = h.Get("first").ToBoolean();
     s.grad_scale = static_cast<float>(get_number(h, "gradScale", 1.0));
-    throw_if_error(env, m.sgd_step(ranges(env, info[0]), s));
+    const auto r = ranges(env, info[0]);
+    throw_if_error(env, computed(env, [&] { return m.sgd_step(r, s); }));
   }
 
   Napi::Value GradSumSquares(const Napi::CallbackInfo& info) {
     double total = 0;
-    throw_if_error(info.Env(), live(info.Env()).grad_sum_squares(&total));
+    ViT& m = live(info.Env());
+    throw_if_error(info.Env(), computed(info.Env(), [&] { return m.grad_sum_squares(&total); }));
     return Napi::Number::New(info.Env(), total);
   }
 
@@ -586,8 +600,10 @@ Napi::Value RunOp(const Napi::CallbackInfo& info) {
   const bool backward = info.Length() > 3 && info[3].IsObject();
   if (backward) d_outputs = host_tensors(env, info[3], "dOutputs");
   HostTensors outputs;
-  throw_if_error(env, run_op(cpu_backend(), info[0].As<Napi::String>().Utf8Value(), attrs, inputs,
-                             backward ? &d_outputs : nullptr, &outputs));
+  const std::string name = info[0].As<Napi::String>().Utf8Value();
+  throw_if_error(env, computed(env, [&] {
+    return run_op(cpu_backend(), name, attrs, inputs, backward ? &d_outputs : nullptr, &outputs);
+  }));
   Napi::Object result = Napi::Object::New(env);
   for (auto& [k, v] : outputs) {
     Napi::Float32Array a = Napi::Float32Array::New(env, v.size());

@@ -1,5 +1,7 @@
 #include "compute_queue.h"
 
+#include <algorithm>
+
 #include "errors.h"
 
 namespace repadapter {
@@ -23,8 +25,9 @@ void ComputeQueue::shutdown() {
   }
   wake_.notify_all();
   if (thread_.joinable()) thread_.join();
-  for (Job* job : jobs_) delete job;
-  jobs_.clear();
+  tasks_.clear();
+  for (Job* job : pending_) delete job;
+  pending_.clear();
   tsfn_.Abort();
 }
 
@@ -32,34 +35,49 @@ Napi::Promise ComputeQueue::submit(std::unique_ptr<Job> job) {
   Napi::Env env = job->deferred.Env();
   Napi::Promise promise = job->deferred.Promise();
   if (in_flight_++ == 0) tsfn_.Ref(env);
+  Job* raw = job.release();
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    jobs_.push_back(job.release());
+    pending_.push_back(raw);
+    tasks_.push_back([this, raw] {
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        pending_.erase(std::find(pending_.begin(), pending_.end(), raw));
+      }
+      raw->status = raw->work();
+      // Hand the finished job to the JS thread. If the environment is going away the call
+      // fails and the job's JS handles die with it.
+      tsfn_.BlockingCall(raw, [this](Napi::Env env, Napi::Function fn, Job* j) { deliver(env, fn, this, j); });
+    });
   }
   wake_.notify_one();
   return promise;
 }
 
+Status ComputeQueue::run_sync(const std::function<Status()>& work) {
+  if (std::this_thread::get_id() == thread_.get_id()) return work();
+  std::promise<Status> done;
+  std::future<Status> result = done.get_future();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) return Unavailable("the compute thread has stopped");
+    tasks_.push_back([&work, &done] { done.set_value(work()); });
+  }
+  wake_.notify_one();
+  return result.get();
+}
+
 void ComputeQueue::run() {
   for (;;) {
-    Job* job = nullptr;
+    std::function<void()> task;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
+      wake_.wait(lock, [&] { return stopping_ || !tasks_.empty(); });
       if (stopping_) return;
-      job = jobs_.front();
-      jobs_.pop_front();
+      task = std::move(tasks_.front());
+      tasks_.pop_front();
     }
-    job->status = job->work();
-    // Hand the finished job to the JS thread. If the environment is going away the call fails
-    // and the job's JS handles die with it.
-    auto call = [this, job]() {
-      napi_status s = tsfn_.BlockingCall(job, [this](Napi::Env env, Napi::Function fn, Job* j) {
-        deliver(env, fn, this, j);
-      });
-      return s;
-    };
-    if (call() != napi_ok) return;
+    task();
   }
 }
 
