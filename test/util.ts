@@ -1,3 +1,4 @@
+import { rng } from '../lib/bench/stats.js';
 import type { ParamInfo, ViT } from '../lib/index.js';
 
 /** Small numeric helpers shared by the tests. */
@@ -14,17 +15,8 @@ export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return scale === 0 ? diff : diff / scale;
 }
 
-/** A seeded generator (mulberry32) for reproducible test data. */
-export function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The seeded generator (mulberry32) the benchmark uses too. */
+export { rng };
 
 /** n standard-normal values (Box–Muller) scaled by std. */
 export function randn(random: () => number, n: number, std = 1): Float32Array {
