@@ -288,7 +288,6 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
     float* shared_o = take(M * D);
     float* shared_z = take(M * std::max<int64_t>(R, 1));
     float* shared_qkv = keep ? nullptr : take(M * 3 * D);
-    float* shared_h = keep ? nullptr : take(M * F);
     float* shared_g = take(M * F);
     branch_ = drop_path ? take(M * D) : nullptr;  // a branch's output before stochastic depth
     saved_.assign(c.depth, Saved());
@@ -311,7 +310,7 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
       s.a2 = keep && (mlp_adapter ? adapters_train : all) ? take(M * D) : shared_a;
       s.z2 = keep && mlp_adapter ? take(M * R) : shared_z;
       s.u2 = keep && mlp_adapter && all ? take(M * D) : shared_u;
-      s.h = keep ? take(M * F) : shared_h;
+      s.h = keep ? take(M * F) : nullptr;  // without backward, GELU runs in place in s.g
       s.g = keep && all ? take(M * F) : shared_g;
       const bool dp = train && drop_path_rate(c, i) > 0;
       s.keep1 = dp ? take(B) : nullptr;
@@ -425,8 +424,10 @@ Status ViT::forward(const float* images_host, int64_t B, bool train, bool want_i
       RA_RETURN_IF_ERROR(adapter_forward(backend_, ref(k.adapter_mlp), s.a2, s.z2, s.u2, M, train, seed_, dropout_stream(i, 1)));
       fc1_in = s.u2;
     }
-    RA_RETURN_IF_ERROR(linear_forward(backend_, fc1_in, M, ref(k.fc1), s.h));
-    RA_RETURN_IF_ERROR(backend_.gelu_forward(s.h, s.g, M * F));
+    // Backward reads GELU's input; without backward, GELU runs in place on fc1's output.
+    float* fc1_out = plan_.keep ? s.h : s.g;
+    RA_RETURN_IF_ERROR(linear_forward(backend_, fc1_in, M, ref(k.fc1), fc1_out));
+    RA_RETURN_IF_ERROR(backend_.gelu_forward(fc1_out, s.g, M * F));
     if (x_out != s.x_mid) RA_RETURN_IF_ERROR(backend_.copy(x_out, s.x_mid, M * D * sizeof(float)));
     if (s.keep2) {
       RA_RETURN_IF_ERROR(linear_forward(backend_, s.g, M, ref(k.fc2), branch_));
