@@ -32,3 +32,6 @@ export {
 export { loadPretrained, readWeights, type LoadPretrainedOptions, type PretrainedReport } from './io/pretrained.js';
 export { saveAdapters, loadAdapters, readAdapters, modelConfigFromAdapters, fingerprint } from './io/adapters.js';
 export { readNpz } from './io/npz.js';
+export { Trainer, NonFiniteLossError, type TrainerOptions, type FitOptions, type FitResult, type EvalResult, type EpochRecord } from './train/trainer.js';
+export { officialScale, VTAB_TASK_SCALES } from './train/vtab-scales.js';
+export { exportOnnx, toOnnx, ONNX_INPUT, ONNX_OUTPUT, type OnnxExportOptions } from './io/onnx.js';
