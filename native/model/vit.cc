@@ -187,7 +187,6 @@ Status ViT::layout(bool keep_values) {
   frozen_ = frozen;
   trainable_ = trainable;
   grad_ = grad;
-  frozen_numel_ = frozen_n;
   trainable_numel_ = trainable_n;
   bind_layers();
   plan_ = Plan();          // what backward keeps depends on what trains

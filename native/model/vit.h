@@ -51,8 +51,6 @@ class ViT {
   const std::vector<Param>& params() const { return params_; }
   Param* find(const std::string& name);
   int64_t trainable_count() const { return trainable_numel_; }
-  float* trainable_data() { return trainable_; }
-  float* trainable_grad() { return grad_; }
 
   Status set_trainable(Trainable mode);
   void set_seed(uint64_t seed) { seed_ = seed; }
@@ -129,7 +127,7 @@ class ViT {
   float* grad_ = nullptr;
   float* state0_ = nullptr;
   float* state1_ = nullptr;
-  int64_t frozen_numel_ = 0, trainable_numel_ = 0;
+  int64_t trainable_numel_ = 0;
 
   // Activation arena and the plan it was made for.
   void* arena_ = nullptr;
