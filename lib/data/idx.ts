@@ -202,6 +202,8 @@ export async function mnist(dir: string, split: 'train' | 'test', opts?: IdxOpti
     }
     throw new ArgumentError(`no ${split} ${kind} in ${path.resolve(dir)}: looked for ${names.join(', ')}`);
   };
-  const [images, labels] = await Promise.all([find('images', 3), find('labels', 1)]);
+  // One after the other: when both are missing, the error names the images, every time.
+  const images = await find('images', 3);
+  const labels = await find('labels', 1);
   return idx(images, labels, { numClasses: 10, ...opts });
 }
