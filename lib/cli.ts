@@ -24,6 +24,7 @@ import { readSafetensors } from './io/safetensors.js';
 import { adamw } from './optim/optimizer.js';
 import { cosine } from './optim/schedules.js';
 import { Trainer } from './train/trainer.js';
+import { Tensor } from './tensor.js';
 import { officialScale } from './train/vtab-scales.js';
 import { ViT } from './vit.js';
 
@@ -313,7 +314,6 @@ async function fold(argv: string[]): Promise<number> {
   using model = await loadModel(values, 'fold');
   model.eval();
   const S = model.config.imageSize;
-  const { Tensor } = await import('./tensor.js');
   const random = new Float32Array(2 * 3 * S * S).map((_, i) => Math.sin(i * 12.9898) * 1.5);
   using images = Tensor.from(random, [2, 3, S, S]);
   const before = model.forward(images).toArray();

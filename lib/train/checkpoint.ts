@@ -87,21 +87,8 @@ export interface Checkpoint extends CheckpointInfo {
   optimizerState: OptimizerState | null;
 }
 
-interface Meta {
-  format: string;
-  version: number;
-  savedAt: string;
-  config: ResolvedConfig;
-  params: string[];
-  optimizer: Omit<OptimizerState, 'slots'> | null;
-  schedule: ScheduleSpec | null;
-  position: TrainingPosition;
-  rng: { seed: string; step: string };
-  dataState: unknown;
-  baseFingerprint: string | null;
-  metrics: Record<string, number | null>;
-  extra: unknown;
-}
+/** The metadata as stored: CheckpointInfo without the path, with the RNG as decimal strings. */
+type Meta = Omit<CheckpointInfo, 'path' | 'rng'> & { format: string; rng: { seed: string; step: string } };
 
 // ---- saving -----------------------------------------------------------------------------------------
 

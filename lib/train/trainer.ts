@@ -202,11 +202,9 @@ export class Trainer {
     });
     const updatesPerEpoch = batches.length;
     const progress = new Progress(options.progress ?? 'auto', epochs, updatesPerEpoch);
+    if (options.logFile) await mkdir(path.dirname(path.resolve(options.logFile)), { recursive: true });
     const log = options.logFile
-      ? async (record: object) => {
-          await mkdir(path.dirname(path.resolve(options.logFile!)), { recursive: true });
-          await appendFile(options.logFile!, `${JSON.stringify({ time: new Date().toISOString(), ...record })}\n`);
-        }
+      ? (record: object) => appendFile(options.logFile!, `${JSON.stringify({ time: new Date().toISOString(), ...record })}\n`)
       : async () => {};
 
     // Stopping on request: finish the step in flight, then save and return.

@@ -275,7 +275,8 @@ class Model : public Napi::ObjectWrap<Model> {
 
   struct ForwardArgs {
     std::shared_ptr<Storage> images;
-    int64_t B;
+    std::shared_ptr<Storage> logits;  // host memory for the result [B, C]
+    int64_t B, C;
     bool train, input_grad;
   };
 
@@ -292,34 +293,30 @@ class Model : public Napi::ObjectWrap<Model> {
       throw_type(env, "expected images of shape [B,3," + std::to_string(S) + "," + std::to_string(S) +
                           "] for images, got " + got + "]");
     }
-    return ForwardArgs{t.storage(), shape[0], info[1].ToBoolean(), info[2].ToBoolean()};
+    ForwardArgs a{t.storage(), nullptr, shape[0], m.config().num_classes, info[1].ToBoolean(), info[2].ToBoolean()};
+    throw_if_error(env, NativeTensor::Allocate(cpu_backend(), a.B * a.C, &a.logits));
+    return a;
   }
 
   // forward(images, train, inputGrad) → Tensor logits [B, C]
   Napi::Value Forward(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     ForwardArgs a = forward_args(info);
-    std::shared_ptr<Storage> logits;
-    const int64_t C = model_->config().num_classes;
-    throw_if_error(env, NativeTensor::Allocate(cpu_backend(), a.B * C, &logits));
-    throw_if_error(env, computed(env, [&] { return model_->forward(a.images->data, a.B, a.train, a.input_grad, logits->data); }));
+    throw_if_error(env, computed(env, [&] { return model_->forward(a.images->data, a.B, a.train, a.input_grad, a.logits->data); }));
     last_batch_ = a.B;
-    return NativeTensor::Wrap(env, logits, {a.B, C});
+    return NativeTensor::Wrap(env, a.logits, {a.B, a.C});
   }
 
   Napi::Value ForwardAsync(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     ForwardArgs a = forward_args(info);
-    std::shared_ptr<Storage> logits;
-    const int64_t C = model_->config().num_classes;
-    throw_if_error(env, NativeTensor::Allocate(cpu_backend(), a.B * C, &logits));
     auto job = std::make_unique<Job>(env);
     ViT* m = model_.get();
-    job->work = [m, a, logits] { return m->forward(a.images->data, a.B, a.train, a.input_grad, logits->data); };
+    job->work = [m, a] { return m->forward(a.images->data, a.B, a.train, a.input_grad, a.logits->data); };
     job->keep_alive.push_back(Napi::Persistent(Value()));
-    job->finish = [this, a, logits, C](Napi::Env env) -> Napi::Value {
+    job->finish = [this, a](Napi::Env env) -> Napi::Value {
       last_batch_ = a.B;
-      return NativeTensor::Wrap(env, logits, {a.B, C});
+      return NativeTensor::Wrap(env, a.logits, {a.B, a.C});
     };
     return submit(env, std::move(job));
   }
