@@ -13,7 +13,7 @@ export {
   type TensorEntry,
   type SafetensorsContents,
 } from './io/safetensors.js';
-export type { TrainableSet, Placement } from './native.js';
+export type { TrainableSet, Placement, ComputeDType } from './native.js';
 export * as optim from './optim/index.js';
 export * as schedules from './optim/schedules.js';
 export * as data from './data/index.js';

@@ -49,6 +49,9 @@ export interface NativeTensorHandle {
   dispose(): void;
 }
 
+/** Compute precision of the backbone's Linears (see ViT.dtype). */
+export type ComputeDType = 'float32' | 'bf16';
+
 export interface NativeViTHandle {
   params(): NativeParamInfo[];
   getParam(name: string): Float32Array;
@@ -70,6 +73,9 @@ export interface NativeViTHandle {
   sgdStep(ranges: Float64Array, hyper: { momentum: number; dampening: number; nesterov: boolean; first: boolean; gradScale: number }): void;
   gradSumSquares(): number;
   device(): 'cpu' | 'cuda';
+  dtype(): ComputeDType;
+  setDType(dtype: ComputeDType): void;
+  bf16Native(): boolean;
   profile(reset?: boolean): { op: string; seconds: number; calls: number; flops: number }[];
   getOptimizerState(slot: 0 | 1): Float32Array | null;
   setOptimizerState(slot: 0 | 1, data: Float32Array): void;

@@ -8,7 +8,7 @@ import { ArgumentError, ConfigError, DisposedError, OutOfRangeError, ShapeError,
 import type { MisshapedTensor } from './errors.js';
 import { loadPretrained, type LoadPretrainedOptions, type PretrainedReport } from './io/pretrained.js';
 import { readSafetensors, toFloat32, writeSafetensors, type TensorInput } from './io/safetensors.js';
-import { call, callAsync, native, type NativeParamInfo, type NativeViTHandle, type TrainableSet } from './native.js';
+import { call, callAsync, native, type ComputeDType, type NativeParamInfo, type NativeViTHandle, type TrainableSet } from './native.js';
 import { Tensor } from './tensor.js';
 
 export interface ParamInfo {
@@ -36,6 +36,13 @@ export interface CreateOptions extends ViTOptions {
    * uploads its inputs and downloads its results.
    */
   device?: 'cpu' | 'cuda' | 'auto';
+  /**
+   * Compute precision of the backbone's Linears (patch embedding, qkv, proj, fc1, fc2):
+   * 'float32' (default) or 'bf16' — bf16 copies of those weights multiplied with bf16-rounded
+   * activations, accumulated in float32. Parameters, gradients, optimizer state, LayerNorm,
+   * softmax, GELU and the adapters stay float32. See `bf16Native` for whether it is faster here.
+   */
+  dtype?: ComputeDType;
 }
 
 export interface OpProfile {
@@ -77,12 +84,34 @@ export class ViT implements Disposable {
    * identity). Load pretrained weights with `load()`.
    */
   static create(config: string | ViTOptions, options: CreateOptions = {}): ViT {
-    const { seed = 0, profile = false, device = 'cpu', ...overrides } = options;
+    const { seed = 0, profile = false, device = 'cpu', dtype = 'float32', ...overrides } = options;
     if (!Number.isSafeInteger(seed) || seed < 0) throw new ConfigError(expected('a non-negative integer', 'seed', seed));
     if (device !== 'cpu' && device !== 'cuda' && device !== 'auto')
       throw new ConfigError(expected("'cpu' | 'cuda' | 'auto'", 'device', device));
+    checkDType(dtype);
     const resolved = resolveConfig(config, overrides);
-    return new ViT(call(() => new native.NativeViT(resolved, seed, { profile, device })));
+    const vit = new ViT(call(() => new native.NativeViT(resolved, seed, { profile, device })));
+    if (dtype !== 'float32') vit.dtype = dtype;
+    return vit;
+  }
+
+  /** Compute precision of the backbone's Linears; can be changed at any time (see CreateOptions). */
+  get dtype(): ComputeDType {
+    return call(() => this.handle().dtype());
+  }
+
+  set dtype(dtype: ComputeDType) {
+    checkDType(dtype);
+    call(() => this.handle().setDType(dtype));
+  }
+
+  /**
+   * True when this model's device multiplies bf16 on bf16 hardware (a CPU with avx512_bf16 or
+   * AMX, any supported GPU). False: dtype 'bf16' is emulated — the same numbers as on such
+   * hardware, but slower than float32. Useful to preview bf16's accuracy effect.
+   */
+  get bf16Native(): boolean {
+    return call(() => this.handle().bf16Native());
   }
 
   /** Where the model computes. */
@@ -346,4 +375,8 @@ export class ViT implements Disposable {
     }
     throw new ArgumentError(expected('{ labels } or { softTargets }', 'target', target));
   }
+}
+
+function checkDType(dtype: unknown): asserts dtype is ComputeDType {
+  if (dtype !== 'float32' && dtype !== 'bf16') throw new ConfigError(expected("'float32' | 'bf16'", 'dtype', dtype));
 }

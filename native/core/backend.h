@@ -33,6 +33,10 @@ struct Gemm {
   float* C = nullptr;       int64_t ldc = 0, stride_c = 0;
   const float* bias = nullptr;
   float alpha = 1.0f, beta = 0.0f;
+  // bf16 compute: when set, B_bf16 replaces B (same layout and strides, bfloat16 bit patterns);
+  // A is then rounded to bf16 as well and the products accumulate in float32 — a bf16 GEMM as
+  // oneDNN's bf16 matmul and cuBLASLt's bf16 GEMM with 32F compute define it. C stays float32.
+  const uint16_t* B_bf16 = nullptr;
 };
 
 // One optimizer step's hyperparameters for a range of the flat trainable buffer. `step` counts
@@ -69,6 +73,11 @@ class Backend {
 
   // ---- matrix products (cpu/gemm.cc) ------------------------------------------------------
   virtual Status gemm(const Gemm& g) = 0;
+  // y[i] = x[i] rounded to bfloat16, to nearest even (the bit patterns; NaN stays NaN).
+  virtual Status convert_to_bf16(const float* x, uint16_t* y, int64_t n) = 0;
+  // True when bf16 GEMMs run on bf16 hardware; false when they are emulated (float32 products
+  // of bf16-rounded operands: the same numbers up to summation order, without the speed-up).
+  virtual bool bf16_native() const = 0;
   // db[N] += Σ_m dy[m, n]: the bias gradient of a Linear. dy: [M, N].
   virtual Status bias_backward(const float* dy, float* db, int64_t M, int64_t N) = 0;
 
@@ -103,12 +112,15 @@ class Backend {
   virtual Status gelu_backward(const float* x, float* d, int64_t n) = 0;
 
   // ---- multi-head softmax attention, scale Dh^-0.5 (cpu/attention.cc) ----------------------
-  // qkv [B,N,3,H,Dh] (the qkv Linear's output) → out [B,N,H,Dh]. probs [B,H,N,N] keeps the
-  // softmax for backward; null in inference.
-  virtual Status attention_forward(const float* qkv, float* out, float* probs, int64_t B,
+  // qkv [B,N,3,H,Dh] (the qkv Linear's output) → out [B,N,H,Dh]. `saved` keeps what backward
+  // needs, attention_saved_floats(B, N, H) floats in a backend-defined layout (the CPU keeps the
+  // softmax [B,H,N,N]; a fused kernel may keep each row's log-sum-exp and the output instead);
+  // null in inference.
+  virtual int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh) const = 0;
+  virtual Status attention_forward(const float* qkv, float* out, float* saved, int64_t B,
                                    int64_t N, int64_t H, int64_t Dh) = 0;
   // d_qkv [B,N,3D] from d_out [B,N,D] (overwrites).
-  virtual Status attention_backward(const float* d_out, const float* qkv, const float* probs,
+  virtual Status attention_backward(const float* d_out, const float* qkv, const float* saved,
                                     float* d_qkv, int64_t B, int64_t N, int64_t H,
                                     int64_t Dh) = 0;
 

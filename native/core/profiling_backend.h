@@ -36,6 +36,10 @@ class ProfilingBackend final : public Backend {
                       (g.batch > 1 ? " ×" + std::to_string(g.batch) : "") + (g.trans_a ? " Aᵀ" : "") + (g.trans_b ? " Bᵀ" : "");
     return time(key, 2.0 * g.M * g.N * g.K * g.batch, [&] { return inner_.gemm(g); });
   }
+  Status convert_to_bf16(const float* x, uint16_t* y, int64_t n) override {
+    return time("convert_to_bf16", 0, [&] { return inner_.convert_to_bf16(x, y, n); });
+  }
+  bool bf16_native() const override { return inner_.bf16_native(); }
   Status bias_backward(const float* dy, float* db, int64_t M, int64_t N) override {
     return time("bias_backward", 0, [&] { return inner_.bias_backward(dy, db, M, N); });
   }
@@ -67,15 +71,18 @@ class ProfilingBackend final : public Backend {
   Status gelu_backward(const float* x, float* d, int64_t n) override {
     return time("gelu_backward", 0, [&] { return inner_.gelu_backward(x, d, n); });
   }
-  Status attention_forward(const float* qkv, float* out, float* probs, int64_t B, int64_t N, int64_t H,
+  int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh) const override {
+    return inner_.attention_saved_floats(B, N, H, Dh);
+  }
+  Status attention_forward(const float* qkv, float* out, float* saved, int64_t B, int64_t N, int64_t H,
                            int64_t Dh) override {
     return time("attention_forward", 4.0 * B * H * N * N * Dh,
-                [&] { return inner_.attention_forward(qkv, out, probs, B, N, H, Dh); });
+                [&] { return inner_.attention_forward(qkv, out, saved, B, N, H, Dh); });
   }
-  Status attention_backward(const float* d_out, const float* qkv, const float* probs, float* d_qkv, int64_t B,
+  Status attention_backward(const float* d_out, const float* qkv, const float* saved, float* d_qkv, int64_t B,
                             int64_t N, int64_t H, int64_t Dh) override {
     return time("attention_backward", 8.0 * B * H * N * N * Dh,
-                [&] { return inner_.attention_backward(d_out, qkv, probs, d_qkv, B, N, H, Dh); });
+                [&] { return inner_.attention_backward(d_out, qkv, saved, d_qkv, B, N, H, Dh); });
   }
   Status dropout_forward(float* z, int64_t n, float p, uint64_t seed, uint64_t stream) override {
     return time("dropout", 0, [&] { return inner_.dropout_forward(z, n, p, seed, stream); });

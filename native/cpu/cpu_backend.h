@@ -1,5 +1,5 @@
 // The CPU backend: the reference implementation every other backend is checked against.
-// Matrix products go through oneDNN (float32 now, bf16 later on avx512_bf16 CPUs); every other
+// Matrix products go through oneDNN (float32, and bf16 on CPUs with bf16 dot products); every other
 // kernel is a plain loop nest parallelised with OpenMP, the same thread pool oneDNN uses, so the
 // two never fight over the cores.
 #pragma once
@@ -21,6 +21,8 @@ class CpuBackend final : public Backend {
   Status synchronize() override { return Status::Ok(); }
 
   Status gemm(const Gemm& g) override;
+  Status convert_to_bf16(const float* x, uint16_t* y, int64_t n) override;
+  bool bf16_native() const override;
   Status bias_backward(const float* dy, float* db, int64_t M, int64_t N) override;
 
   Status patchify(const float* images, float* patches, int64_t B, int64_t image_size,
@@ -42,6 +44,10 @@ class CpuBackend final : public Backend {
   Status gelu_forward(const float* x, float* y, int64_t n) override;
   Status gelu_backward(const float* x, float* d, int64_t n) override;
 
+  // saved: the softmax probabilities [B,H,N,N].
+  int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t) const override {
+    return B * H * N * N;
+  }
   Status attention_forward(const float* qkv, float* out, float* probs, int64_t B, int64_t N,
                            int64_t H, int64_t Dh) override;
   Status attention_backward(const float* d_out, const float* qkv, const float* probs,

@@ -4,6 +4,11 @@
 // than execution. Transposes, leading dimensions and batch strides are expressed as memory
 // strides, so no operand is ever copied. Scratchpads are owned per thread ("user" mode) so the
 // same primitive may run concurrently, e.g. once per attention head inside an OpenMP loop.
+//
+// bf16 GEMMs (Gemm::B_bf16) run oneDNN's bf16 matmul where the CPU has bf16 dot products
+// (avx512_core_bf16 or AMX): the activation operand is rounded to a dense bf16 copy, the
+// weights are bf16 already. Elsewhere they are emulated — the same rounded operands multiplied
+// in float32 — so the bf16 numbers can be checked on any CPU, without the speed-up.
 #include <algorithm>
 #include <array>
 #include <cstring>
@@ -16,6 +21,7 @@
 #include <omp.h>
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include "../core/bf16.h"
 #include "cpu_backend.h"
 #include "vmath.h"
 
@@ -34,15 +40,19 @@ dnnl::engine& cpu_engine() {
   return engine;
 }
 
+using dt = dnnl::memory::data_type;
+
 dnnl::memory::desc operand(int64_t batch, int64_t rows, int64_t cols, bool transposed,
-                           int64_t ld, int64_t stride) {
+                           int64_t ld, int64_t stride, dt type = dt::f32) {
   using dims = dnnl::memory::dims;
   // Logical [batch,] rows × cols; a transposed operand is stored cols × rows with leading dim ld.
   dims strides2 = transposed ? dims{1, ld} : dims{ld, 1};
-  if (batch == 1) return {dims{rows, cols}, dnnl::memory::data_type::f32, strides2};
-  return {dims{batch, rows, cols}, dnnl::memory::data_type::f32,
-          dims{stride, strides2[0], strides2[1]}};
+  if (batch == 1) return {dims{rows, cols}, type, strides2};
+  return {dims{batch, rows, cols}, type, dims{stride, strides2[0], strides2[1]}};
 }
+
+// Key slot 15: the operand type (0 float32, 1 bf16 A and B).
+constexpr int kKeyBf16 = 15;
 
 Status compile(const Gemm& g, const Key& key, const Compiled** out) {
   static std::mutex mutex;
@@ -55,8 +65,9 @@ Status compile(const Gemm& g, const Key& key, const Compiled** out) {
   }
   try {
     Compiled c;
-    c.a = operand(g.batch, g.M, g.K, g.trans_a, g.lda, g.stride_a);
-    c.b = operand(g.batch, g.K, g.N, g.trans_b, g.ldb, g.stride_b);
+    const dt ab = key[kKeyBf16] ? dt::bf16 : dt::f32;
+    c.a = operand(g.batch, g.M, g.K, g.trans_a, g.lda, g.stride_a, ab);
+    c.b = operand(g.batch, g.K, g.N, g.trans_b, g.ldb, g.stride_b, ab);
     c.c = operand(g.batch, g.M, g.N, false, g.ldc, g.stride_c);
     if (g.bias) c.bias = operand(g.batch, 1, g.N, false, g.N, 0);
     dnnl::primitive_attr attr;
@@ -98,7 +109,105 @@ RA_VECTOR_CLONES void skinny_rows(const Gemm& g, int64_t m0, int64_t m1) {
   }
 }
 
-bool is_skinny(const Gemm& g) { return g.batch == 1 && !g.trans_a && g.trans_b && g.N <= 16; }
+bool is_skinny(const Gemm& g) {
+  return g.batch == 1 && !g.trans_a && g.trans_b && g.N <= 16 && !g.B_bf16;
+}
+
+// Runs a compiled primitive; A and B point at data of the types the key says.
+Status execute(const Gemm& g, const Compiled& c, const void* A, const void* B) {
+  thread_local dnnl::stream stream(cpu_engine());
+  thread_local std::vector<char> scratch;
+  size_t scratch_bytes = c.scratch.get_size();
+  if (scratch.size() < scratch_bytes) scratch.resize(scratch_bytes);
+  try {
+    auto& eng = cpu_engine();
+    std::unordered_map<int, dnnl::memory> args = {
+        {DNNL_ARG_SRC, dnnl::memory(c.a, eng, const_cast<void*>(A))},
+        {DNNL_ARG_WEIGHTS, dnnl::memory(c.b, eng, const_cast<void*>(B))},
+        {DNNL_ARG_DST, dnnl::memory(c.c, eng, g.C)},
+        {DNNL_ARG_SCRATCHPAD, dnnl::memory(c.scratch, eng, scratch.data())},
+    };
+    if (g.bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(c.bias, eng, const_cast<float*>(g.bias)));
+    c.primitive.execute(stream, args);
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return Internal(std::string("oneDNN matmul failed: ") + e.what());
+  }
+  return Status::Ok();
+}
+
+Key key_of(const Gemm& g, bool bf16) {
+  Key key = {g.trans_a, g.trans_b, g.M, g.N, g.K, g.batch, g.lda, g.stride_a, g.ldb, g.stride_b,
+             g.ldc, g.stride_c, g.bias != nullptr, 0, 0, bf16 ? 1 : 0};
+  static_assert(sizeof(float) == 4, "float32");
+  std::memcpy(&key[13], &g.alpha, sizeof(float));
+  std::memcpy(&key[14], &g.beta, sizeof(float));
+  return key;
+}
+
+// Copies `batches` stored matrices of rows × cols (row stride ld, batch stride `stride`) into a
+// dense buffer, converting each value.
+template <typename From, typename To, typename Convert>
+void densify(const From* src, int64_t batches, int64_t rows, int64_t cols, int64_t ld,
+             int64_t stride, To* dst, Convert convert) {
+#pragma omp parallel for collapse(2) schedule(static) if (!omp_in_parallel() && batches * rows * cols > 16384)
+  for (int64_t b = 0; b < batches; ++b)
+    for (int64_t r = 0; r < rows; ++r) {
+      const From* in = src + b * stride + r * ld;
+      To* out = dst + (b * rows + r) * cols;
+      for (int64_t c = 0; c < cols; ++c) out[c] = convert(in[c]);
+    }
+}
+
+bool probe_bf16_matmul() {
+  // avx512_core_bf16 is a superset bit pattern of the lower ISA levels (dnnl_types.h).
+  const int isa = static_cast<int>(dnnl::get_effective_cpu_isa());
+  const int bf16 = static_cast<int>(dnnl::cpu_isa::avx512_core_bf16);
+  if ((isa & bf16) != bf16) return false;
+  try {
+    dnnl::memory::desc a({8, 8}, dt::bf16, dnnl::memory::format_tag::ab);
+    dnnl::memory::desc c({8, 8}, dt::f32, dnnl::memory::format_tag::ab);
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, a, c), cpu_engine());
+    return true;
+  } catch (const dnnl::error&) {
+    return false;
+  }
+}
+
+// op(A) · op(B) with both operands in bf16 and float32 accumulation.
+Status bf16_gemm(CpuBackend& be, const Gemm& g) {
+  // Operands as stored: a transposed A is K × M, a transposed B is N × K.
+  const int64_t a_rows = g.trans_a ? g.K : g.M, a_cols = g.trans_a ? g.M : g.K;
+  const int64_t b_rows = g.trans_b ? g.N : g.K, b_cols = g.trans_b ? g.K : g.N;
+  const int64_t a_batches = g.batch > 1 && g.stride_a ? g.batch : 1;
+  const int64_t b_batches = g.batch > 1 && g.stride_b ? g.batch : 1;
+  Gemm dense = g;  // A becomes a dense copy; B keeps its layout unless expanded below
+  dense.B_bf16 = nullptr;
+  dense.lda = a_cols;
+  dense.stride_a = a_batches > 1 ? a_rows * a_cols : 0;
+  const size_t a_n = static_cast<size_t>(a_batches * a_rows * a_cols);
+  if (be.bf16_native()) {
+    thread_local std::vector<uint16_t> a16;
+    if (a16.size() < a_n) a16.resize(a_n);
+    densify(g.A, a_batches, a_rows, a_cols, g.lda, g.stride_a, a16.data(), bf16_from_float);
+    const Key key = key_of(dense, true);
+    const Compiled* c = nullptr;
+    RA_RETURN_IF_ERROR(compile(dense, key, &c));
+    return execute(dense, *c, a16.data(), g.B_bf16);
+  }
+  thread_local std::vector<float> a32, b32;
+  const size_t b_n = static_cast<size_t>(b_batches * b_rows * b_cols);
+  if (a32.size() < a_n) a32.resize(a_n);
+  if (b32.size() < b_n) b32.resize(b_n);
+  densify(g.A, a_batches, a_rows, a_cols, g.lda, g.stride_a, a32.data(),
+          [](float x) { return bf16_to_float(bf16_from_float(x)); });
+  densify(g.B_bf16, b_batches, b_rows, b_cols, g.ldb, g.stride_b, b32.data(), bf16_to_float);
+  dense.A = a32.data();
+  dense.B = b32.data();
+  dense.ldb = b_cols;
+  dense.stride_b = b_batches > 1 ? b_rows * b_cols : 0;
+  return be.gemm(dense);
+}
 
 }  // namespace
 
@@ -107,6 +216,7 @@ Status CpuBackend::gemm(const Gemm& g) {
     return InvalidArgument("gemm: empty or negative dimensions");
   // oneDNN scales the bias together with the product; we never need that, so forbid it.
   if (g.bias && g.alpha != 1.0f) return InvalidArgument("gemm: a bias needs alpha = 1");
+  if (g.B_bf16) return bf16_gemm(*this, g);
   if (is_skinny(g)) {
     if (omp_in_parallel()) {
       skinny_rows(g, 0, g.M);
@@ -116,32 +226,24 @@ Status CpuBackend::gemm(const Gemm& g) {
     }
     return Status::Ok();
   }
-  Key key = {g.trans_a, g.trans_b, g.M, g.N, g.K, g.batch, g.lda, g.stride_a, g.ldb, g.stride_b,
-             g.ldc, g.stride_c, g.bias != nullptr, 0, 0, 0};
-  static_assert(sizeof(float) == 4, "float32");
-  std::memcpy(&key[13], &g.alpha, sizeof(float));
-  std::memcpy(&key[14], &g.beta, sizeof(float));
   const Compiled* c = nullptr;
-  RA_RETURN_IF_ERROR(compile(g, key, &c));
+  RA_RETURN_IF_ERROR(compile(g, key_of(g, false), &c));
+  return execute(g, *c, g.A, g.B);
+}
 
-  thread_local dnnl::stream stream(cpu_engine());
-  thread_local std::vector<char> scratch;
-  size_t scratch_bytes = c->scratch.get_size();
-  if (scratch.size() < scratch_bytes) scratch.resize(scratch_bytes);
-  try {
-    auto& eng = cpu_engine();
-    std::unordered_map<int, dnnl::memory> args = {
-        {DNNL_ARG_SRC, dnnl::memory(c->a, eng, const_cast<float*>(g.A))},
-        {DNNL_ARG_WEIGHTS, dnnl::memory(c->b, eng, const_cast<float*>(g.B))},
-        {DNNL_ARG_DST, dnnl::memory(c->c, eng, g.C)},
-        {DNNL_ARG_SCRATCHPAD, dnnl::memory(c->scratch, eng, scratch.data())},
-    };
-    if (g.bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(c->bias, eng, const_cast<float*>(g.bias)));
-    c->primitive.execute(stream, args);
-    stream.wait();
-  } catch (const dnnl::error& e) {
-    return Internal(std::string("oneDNN matmul failed: ") + e.what());
-  }
+bool CpuBackend::bf16_native() const {
+  static const bool native = probe_bf16_matmul();
+  return native;
+}
+
+RA_VECTOR_CLONES static void convert_range(const float* x, uint16_t* y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = bf16_from_float(x[i]);
+}
+
+Status CpuBackend::convert_to_bf16(const float* x, uint16_t* y, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i0 = 0; i0 < n; i0 += 16384) convert_range(x + i0, y + i0, std::min<int64_t>(16384, n - i0));
   return Status::Ok();
 }
 

@@ -48,6 +48,9 @@ class CudaBackend final : public Backend {
   Status synchronize() override;
 
   Status gemm(const Gemm& g) override;
+  Status convert_to_bf16(const float* x, uint16_t* y, int64_t n) override;
+  // Every GPU this backend runs on (sm_80 and later) has bf16 tensor cores.
+  bool bf16_native() const override { return true; }
   Status bias_backward(const float* dy, float* db, int64_t M, int64_t N) override;
 
   Status patchify(const float* images, float* patches, int64_t B, int64_t image_size,
@@ -69,6 +72,10 @@ class CudaBackend final : public Backend {
   Status gelu_forward(const float* x, float* y, int64_t n) override;
   Status gelu_backward(const float* x, float* d, int64_t n) override;
 
+  // saved: the softmax probabilities [B,H,N,N].
+  int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t) const override {
+    return B * H * N * N;
+  }
   Status attention_forward(const float* qkv, float* out, float* probs, int64_t B, int64_t N,
                            int64_t H, int64_t Dh) override;
   Status attention_backward(const float* d_out, const float* qkv, const float* probs,

@@ -22,6 +22,7 @@
 #include <climits>
 #include <string>
 
+#include "../core/bf16.h"
 #include "common.cuh"
 
 namespace repadapter {
@@ -179,6 +180,7 @@ Status CudaBackend::gemm_unlocked(const Gemm& g) {
   if (g.M <= 0 || g.N <= 0 || g.K <= 0 || g.batch <= 0)
     return InvalidArgument("gemm: empty or negative dimensions");
   if (g.bias && g.alpha != 1.0f) return InvalidArgument("gemm: a bias needs alpha = 1");
+  if (g.B_bf16) return Internal("gemm: bf16 operands are not implemented on CUDA yet");
   const bool batched = g.batch > 1;
   const GemmKey key = {g.trans_a,
                        g.trans_b,
@@ -223,6 +225,22 @@ Status CudaBackend::gemm_unlocked(const Gemm& g) {
 Status CudaBackend::bias_backward(const float* dy, float* db, int64_t M, int64_t N) {
   RA_CUDA_ENTRY();
   return cuda_detail::column_sums(*this, "bias_backward", BiasColumn{dy, N}, M, N, 1.0, db);
+}
+
+}  // namespace repadapter
+
+namespace repadapter {
+namespace {
+__global__ void convert_to_bf16_kernel(const float* x, uint16_t* y, int64_t n) {
+  RA_GRID_LOOP(i, n) y[i] = bf16_from_float(x[i]);
+}
+}  // namespace
+
+Status CudaBackend::convert_to_bf16(const float* x, uint16_t* y, int64_t n) {
+  RA_CUDA_ENTRY();
+  if (n <= 0) return Status::Ok();
+  convert_to_bf16_kernel<<<blocks_for(n), 256, 0, stream_>>>(x, y, n);
+  return launched("convert_to_bf16");
 }
 
 }  // namespace repadapter

@@ -8,7 +8,7 @@ Status linear_forward(Backend& be, const float* x, int64_t M, const LinearRef& l
   g.trans_b = true;
   g.M = M; g.N = l.out; g.K = l.in;
   g.A = x; g.lda = l.in;
-  g.B = l.w; g.ldb = l.in;
+  g.B = l.w; g.ldb = l.in; g.B_bf16 = l.w_bf16;
   g.C = y; g.ldc = l.out;
   g.bias = l.b;
   g.beta = beta;
@@ -21,7 +21,7 @@ Status linear_backward(Backend& be, const float* dy, const float* x, int64_t M,
     Gemm g;  // dx = dy W
     g.M = M; g.N = l.in; g.K = l.out;
     g.A = dy; g.lda = l.out;
-    g.B = l.w; g.ldb = l.in;
+    g.B = l.w; g.ldb = l.in; g.B_bf16 = l.w_bf16;
     g.C = dx; g.ldc = l.in;
     g.beta = beta;
     RA_RETURN_IF_ERROR(be.gemm(g));

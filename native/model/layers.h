@@ -7,11 +7,13 @@
 
 namespace repadapter {
 
-// y = x Wᵀ + b with W [out, in]. dw / db null when frozen.
+// y = x Wᵀ + b with W [out, in]. dw / db null when frozen. With w_bf16 (a bf16 copy of W) the
+// products with W run in bf16 (Gemm::B_bf16); the weight gradient stays float32.
 struct LinearRef {
   const float* w; const float* b;
   float* dw; float* db;
   int64_t out, in;
+  const uint16_t* w_bf16 = nullptr;
 };
 
 // y [M, out] = x [M, in] · Wᵀ + b (+ beta · y).

@@ -45,6 +45,8 @@ void ViT::free_buffers() {
   backend_.release(arena_);
   backend_.release(state0_);
   backend_.release(state1_);
+  backend_.release(bf16_weights_);
+  bf16_weights_ = nullptr;
   state0_ = state1_ = nullptr;
   frozen_ = trainable_ = grad_ = nullptr;
   arena_ = nullptr;
@@ -191,6 +193,50 @@ Status ViT::layout(bool keep_values) {
   bind_layers();
   plan_ = Plan();          // what backward keeps depends on what trains
   have_forward_ = false;
+  bf16_stale_ = true;      // bind_layers() dropped the copies' pointers; a fold changed values
+  return Status::Ok();
+}
+
+std::vector<ViT::Linear*> ViT::backbone_linears() {
+  std::vector<Linear*> out = {&patch_embed_};
+  for (Block& k : blocks_)
+    for (Linear* l : {&k.qkv, &k.proj, &k.fc1, &k.fc2}) out.push_back(l);
+  return out;
+}
+
+Status ViT::set_compute_dtype(DType dtype) {
+  if (dtype == compute_dtype_) return Status::Ok();
+  compute_dtype_ = dtype;
+  bf16_stale_ = true;
+  if (dtype == DType::kF32) {
+    for (Linear* l : backbone_linears()) l->w_bf16 = nullptr;
+    backend_.release(bf16_weights_);
+    bf16_weights_ = nullptr;
+  }
+  return Status::Ok();
+}
+
+Status ViT::write_param(const Param& p, const float* host) {
+  bf16_stale_ = true;
+  return backend_.upload(p.data, host, p.numel * sizeof(float));
+}
+
+Status ViT::refresh_bf16() {
+  if (compute_dtype_ != DType::kBF16 || !bf16_stale_) return Status::Ok();
+  const std::vector<Linear*> linears = backbone_linears();
+  auto padded = [](int64_t n) { return (n + 31) / 32 * 32; };  // 64-byte aligned copies
+  if (!bf16_weights_) {
+    int64_t total = 0;
+    for (const Linear* l : linears) total += padded(l->w->numel);
+    RA_RETURN_IF_ERROR(backend_.allocate(total * sizeof(uint16_t), reinterpret_cast<void**>(&bf16_weights_)));
+  }
+  uint16_t* next = bf16_weights_;
+  for (Linear* l : linears) {
+    RA_RETURN_IF_ERROR(backend_.convert_to_bf16(l->w->data, next, l->w->numel));
+    l->w_bf16 = next;
+    next += padded(l->w->numel);
+  }
+  bf16_stale_ = false;
   return Status::Ok();
 }
 
@@ -301,7 +347,7 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
       s.z1 = keep && attn_adapter ? take(M * R) : shared_z;
       s.u1 = keep && attn_adapter && all ? take(M * D) : shared_u;
       s.qkv = keep ? take(M * 3 * D) : shared_qkv;
-      s.probs = keep ? take(B * H * N * N) : nullptr;
+      s.probs = keep ? take(backend_.attention_saved_floats(B, N, H, c.head_dim())) : nullptr;
       s.o = keep && all ? take(M * D) : shared_o;
       s.x_mid = keep ? take(M * D) : shared_x;
       s.mean2 = keep ? take(M) : nullptr;
@@ -352,9 +398,9 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
 
 // ---- layers ----------------------------------------------------------------------------------
 
-LinearRef ViT::ref(const Linear& l) {
+LinearRef ViT::ref(const Linear& l) const {
   const int64_t out = l.w->shape[0];
-  return {l.w->data, l.b->data, l.w->grad, l.b->grad, out, l.w->numel / out};
+  return {l.w->data, l.b->data, l.w->grad, l.b->grad, out, l.w->numel / out, l.w_bf16};
 }
 
 AdapterRef ViT::ref(const Adapter& a) const {
@@ -373,6 +419,7 @@ Status ViT::forward(const float* images_host, int64_t B, bool train, bool want_i
   have_forward_ = false;  // whatever fails below, backward must not read stale activations
   have_input_grad_ = false;
   RA_RETURN_IF_ERROR(plan(B, train, keep, want_input_grad));
+  RA_RETURN_IF_ERROR(refresh_bf16());
   if (train) ++step_;
   const int64_t N = c.tokens(), P = c.patches(), D = c.width, F = c.mlp_hidden, S = c.image_size;
   const int64_t M = B * N;
@@ -553,6 +600,7 @@ static Status check_ranges(const std::vector<ViT::UpdateRange>& ranges, int64_t 
 }
 
 Status ViT::adamw_step(const std::vector<UpdateRange>& ranges, AdamWStep hyper) {
+  if (patch_embed_.w->trainable) bf16_stale_ = true;  // the backbone trains: new masters
   RA_RETURN_IF_ERROR(check_ranges(ranges, trainable_numel_));
   RA_RETURN_IF_ERROR(ensure_optimizer_state(2));
   for (const auto& r : ranges) {
@@ -565,6 +613,7 @@ Status ViT::adamw_step(const std::vector<UpdateRange>& ranges, AdamWStep hyper) 
 }
 
 Status ViT::sgd_step(const std::vector<UpdateRange>& ranges, SgdStep hyper) {
+  if (patch_embed_.w->trainable) bf16_stale_ = true;  // the backbone trains: new masters
   RA_RETURN_IF_ERROR(check_ranges(ranges, trainable_numel_));
   if (hyper.momentum != 0.0f) RA_RETURN_IF_ERROR(ensure_optimizer_state(1));
   for (const auto& r : ranges) {

@@ -53,6 +53,15 @@ class ViT {
   int64_t trainable_count() const { return trainable_numel_; }
 
   Status set_trainable(Trainable mode);
+
+  // Compute precision of the backbone's Linears (patch embedding, qkv, proj, fc1, fc2): float32,
+  // or bf16 products of bf16 copies of those weights with float32 accumulation. Parameters,
+  // gradients, optimizer state and every other op stay float32 (the master copies); the bf16
+  // copies are remade from them whenever they change.
+  Status set_compute_dtype(DType dtype);
+  DType compute_dtype() const { return compute_dtype_; }
+  // Writes a parameter's values from host memory.
+  Status write_param(const Param& p, const float* host);
   void set_seed(uint64_t seed) { seed_ = seed; }
   uint64_t seed() const { return seed_; }
   uint64_t step() const { return step_; }
@@ -87,7 +96,7 @@ class ViT {
   Status fold();
 
  private:
-  struct Linear { Param* w = nullptr; Param* b = nullptr; };
+  struct Linear { Param* w = nullptr; Param* b = nullptr; const uint16_t* w_bf16 = nullptr; };
   struct Norm { Param* w = nullptr; Param* b = nullptr; };
   struct Adapter { Param* A = nullptr; Param* a = nullptr; Param* Bw = nullptr; Param* b = nullptr; };
   struct Block {
@@ -110,7 +119,9 @@ class ViT {
   Status plan(int64_t B, bool train, bool keep, bool want_input_grad);
   void free_buffers();
 
-  static LinearRef ref(const Linear& l);
+  LinearRef ref(const Linear& l) const;
+  std::vector<Linear*> backbone_linears();
+  Status refresh_bf16();
   AdapterRef ref(const Adapter& a) const;
   uint64_t dropout_stream(int64_t block, int which) const;
 
@@ -128,6 +139,10 @@ class ViT {
   float* state0_ = nullptr;
   float* state1_ = nullptr;
   int64_t trainable_numel_ = 0;
+
+  DType compute_dtype_ = DType::kF32;
+  uint16_t* bf16_weights_ = nullptr;  // the bf16 copies, one buffer
+  bool bf16_stale_ = true;             // the masters changed since the copies were made
 
   // Activation arena and the plan it was made for.
   void* arena_ = nullptr;

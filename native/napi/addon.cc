@@ -163,6 +163,9 @@ class Model : public Napi::ObjectWrap<Model> {
       InstanceMethod<&Model::SetOptimizerState>("setOptimizerState"),
       InstanceMethod<&Model::Profile>("profile"),
       InstanceMethod<&Model::DeviceName>("device"),
+      InstanceMethod<&Model::GetDType>("dtype"),
+      InstanceMethod<&Model::SetDType>("setDType"),
+      InstanceMethod<&Model::Bf16Native>("bf16Native"),
       InstanceMethod<&Model::Dispose>("dispose"),
     });
   }
@@ -257,7 +260,7 @@ class Model : public Napi::ObjectWrap<Model> {
     if (static_cast<int64_t>(data.ElementLength()) != p.numel)
       throw_type(env, "expected " + std::to_string(p.numel) + " values for " + p.name + ", got " +
                           std::to_string(data.ElementLength()));
-    throw_if_error(env, model_->backend().upload(p.data, data.Data(), p.numel * sizeof(float)));
+    throw_if_error(env, model_->write_param(p, data.Data()));
   }
 
   Napi::Value GetGrad(const Napi::CallbackInfo& info) {
@@ -531,6 +534,22 @@ class Model : public Napi::ObjectWrap<Model> {
   }
 
   // profile(reset?) → [{op, seconds, calls, flops}] since the last reset; [] without profiling.
+  // 'float32' | 'bf16': the compute precision of the backbone's Linears (ViT::set_compute_dtype).
+  Napi::Value GetDType(const Napi::CallbackInfo& info) {
+    return Napi::String::New(info.Env(), live(info.Env()).compute_dtype() == DType::kBF16 ? "bf16" : "float32");
+  }
+  void SetDType(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    ViT& m = live(env);
+    const std::string d = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+    if (d != "float32" && d != "bf16") throw_type(env, "expected 'float32' | 'bf16' for dtype, got '" + d + "'");
+    throw_if_error(env, m.set_compute_dtype(d == "bf16" ? DType::kBF16 : DType::kF32));
+  }
+  // Whether bf16 products run on bf16 hardware here (false: emulated, same numbers, no speed-up).
+  Napi::Value Bf16Native(const Napi::CallbackInfo& info) {
+    return Napi::Boolean::New(info.Env(), live(info.Env()).backend().bf16_native());
+  }
+
   Napi::Value Profile(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     live(env);

@@ -8,6 +8,7 @@
 #pragma once
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "../core/backend.h"
 
@@ -37,6 +38,12 @@ class PoisonBackend final : public Backend {
       for (int64_t b = 0; b < g.batch; ++b) RA_RETURN_IF_ERROR(poison_rows(g.C + b * g.stride_c, g.M, g.N, g.ldc));
     return inner_.gemm(g);
   }
+  // bf16 bit patterns are poisoned with a NaN pattern too (0x7FC0).
+  Status convert_to_bf16(const float* x, uint16_t* y, int64_t n) override {
+    RA_RETURN_IF_ERROR(poison_bf16(y, n));
+    return inner_.convert_to_bf16(x, y, n);
+  }
+  bool bf16_native() const override { return inner_.bf16_native(); }
   Status bias_backward(const float* dy, float* db, int64_t M, int64_t N) override {
     return inner_.bias_backward(dy, db, M, N);
   }
@@ -83,16 +90,19 @@ class PoisonBackend final : public Backend {
     return inner_.gelu_backward(x, d, n);  // in place
   }
 
-  Status attention_forward(const float* qkv, float* out, float* probs, int64_t B, int64_t N,
+  int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh) const override {
+    return inner_.attention_saved_floats(B, N, H, Dh);
+  }
+  Status attention_forward(const float* qkv, float* out, float* saved, int64_t B, int64_t N,
                            int64_t H, int64_t Dh) override {
     RA_RETURN_IF_ERROR(poison(out, B * N * H * Dh));
-    if (probs) RA_RETURN_IF_ERROR(poison(probs, B * H * N * N));
-    return inner_.attention_forward(qkv, out, probs, B, N, H, Dh);
+    if (saved) RA_RETURN_IF_ERROR(poison(saved, attention_saved_floats(B, N, H, Dh)));
+    return inner_.attention_forward(qkv, out, saved, B, N, H, Dh);
   }
-  Status attention_backward(const float* d_out, const float* qkv, const float* probs,
+  Status attention_backward(const float* d_out, const float* qkv, const float* saved,
                             float* d_qkv, int64_t B, int64_t N, int64_t H, int64_t Dh) override {
     RA_RETURN_IF_ERROR(poison(d_qkv, B * N * 3 * H * Dh));
-    return inner_.attention_backward(d_out, qkv, probs, d_qkv, B, N, H, Dh);
+    return inner_.attention_backward(d_out, qkv, saved, d_qkv, B, N, H, Dh);
   }
 
   Status dropout_forward(float* z, int64_t n, float p, uint64_t seed, uint64_t stream) override {
@@ -155,6 +165,12 @@ class PoisonBackend final : public Backend {
     if (!x || n <= 0) return Status::Ok();
     ++poisoned_;
     return inner_.fill(x, n, std::numeric_limits<float>::quiet_NaN());
+  }
+  Status poison_bf16(uint16_t* y, int64_t n) {
+    if (!y || n <= 0) return Status::Ok();
+    ++poisoned_;
+    std::vector<uint16_t> nan(static_cast<size_t>(n), 0x7FC0);
+    return inner_.upload(y, nan.data(), nan.size() * sizeof(uint16_t));
   }
   // rows × cols values, ld apart: one fill when contiguous, else one per row (gaps untouched).
   Status poison_rows(float* x, int64_t rows, int64_t cols, int64_t ld) {
