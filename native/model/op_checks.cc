@@ -84,11 +84,17 @@ using OpFn = std::function<Status(Context&)>;
 
 const std::map<std::string, OpFn>& registry() {
   static const std::map<std::string, OpFn> ops = {
-    {"linear", [](Context& c) {  // x [M,in], w [out,in], b [out] → y [M,out]
+    {"linear", [](Context& c) {  // x [M,in], w [out,in], b [out] → y [M,out]; bf16: 1 as the model's bf16 mode
        const int64_t M = c.i("M"), in = c.i("in"), out = c.i("out");
        RA_RETURN_IF_ERROR(c.inputs({{"x", M * in}, {"w", out * in}, {"b", out}}));
        RA_RETURN_IF_ERROR(c.zeros("y", M * out));
        LinearRef l{c.buf["w"], c.buf["b"], nullptr, nullptr, out, in};
+       if (c.i("bf16")) {
+         RA_RETURN_IF_ERROR(c.zeros("w_bf16", (out * in + 1) / 2));  // bf16 values, two per float
+         uint16_t* w16 = reinterpret_cast<uint16_t*>(c.buf["w_bf16"]);
+         RA_RETURN_IF_ERROR(c.be.convert_to_bf16(c.buf["w"], w16, out * in));
+         l.w_bf16 = w16;
+       }
        RA_RETURN_IF_ERROR(linear_forward(c.be, c.buf["x"], M, l, c.buf["y"]));
        RA_RETURN_IF_ERROR(c.get({"y"}));
        if (!c.dout) return Status::Ok();
@@ -137,13 +143,13 @@ const std::map<std::string, OpFn>& registry() {
        const int64_t B = c.i("B"), N = c.i("N"), H = c.i("H"), Dh = c.i("Dh"), D = H * Dh;
        RA_RETURN_IF_ERROR(c.inputs({{"qkv", B * N * 3 * D}}));
        RA_RETURN_IF_ERROR(c.zeros("out", B * N * D));
-       RA_RETURN_IF_ERROR(c.zeros("probs", B * H * N * N));
-       RA_RETURN_IF_ERROR(c.be.attention_forward(c.buf["qkv"], c.buf["out"], c.buf["probs"], B, N, H, Dh));
+       RA_RETURN_IF_ERROR(c.zeros("saved", c.be.attention_saved_floats(B, N, H, Dh)));
+       RA_RETURN_IF_ERROR(c.be.attention_forward(c.buf["qkv"], c.buf["out"], c.buf["saved"], B, N, H, Dh));
        RA_RETURN_IF_ERROR(c.get({"out"}));
        if (!c.dout) return Status::Ok();
        RA_RETURN_IF_ERROR(c.grad_of("out", B * N * D));
        RA_RETURN_IF_ERROR(c.zeros("d_qkv", B * N * 3 * D));
-       RA_RETURN_IF_ERROR(c.be.attention_backward(c.buf["dy_out"], c.buf["qkv"], c.buf["probs"],
+       RA_RETURN_IF_ERROR(c.be.attention_backward(c.buf["dy_out"], c.buf["qkv"], c.buf["saved"],
                                                   c.buf["d_qkv"], B, N, H, Dh));
        return c.get({"d_qkv"});
      }},
