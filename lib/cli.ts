@@ -36,6 +36,8 @@ const modelOptions: Options = {
   config: { type: 'string' },
   'image-size': { type: 'string' },
   pretrained: { type: 'string' },
+  device: { type: 'string', default: 'cpu' },
+  dtype: { type: 'string', default: 'float32' },
 };
 const dataOptions: Options = {
   data: { type: 'string' },
@@ -81,6 +83,9 @@ Model
   --scale <s>             adapter scale (default: the task's official value, else 1)
   --dropout <p>           dropout on the adapter's hidden activations (default 0.1)
   --drop-path <p>         stochastic depth of the last block (default 0.1)
+  --device <cpu|cuda|auto>  where to compute (default cpu)
+  --dtype <float32|bf16>  precision of the backbone's Linears (default float32); bf16 is fast on
+                          GPUs and CPUs with avx512_bf16 or AMX, emulated (slower) elsewhere
 Optimisation
   --epochs <n> (100)  --batch <n> (64)  --lr <x> (1e-3)  --weight-decay <x> (1e-4)
   --warmup <epochs> (10)  --lr-min <x> (1e-5)  --warmup-lr <x> (1e-6)
@@ -97,6 +102,7 @@ Output
   --adapters <file>       an adapter file written by train
   --weights <file>        a full model (e.g. written by fold) instead of base + adapters
   --model <preset>        architecture for --weights without config metadata
+  --device, --dtype       as for train
   --batch <n>             default 64`,
   fold: `Usage: repadapter fold --pretrained <base> --adapters <file> --out <file.safetensors>
 
@@ -194,6 +200,22 @@ function architecture(values: Record<string, unknown>): ViTOptions {
   return { ...arch, ...(values['image-size'] !== undefined ? { imageSize: int(values, 'image-size', arch.imageSize) } : {}) };
 }
 
+/** --device and --dtype, checked. */
+function runtime(values: Record<string, unknown>): { device: 'cpu' | 'cuda' | 'auto'; dtype: 'float32' | 'bf16' } {
+  const device = values.device as string;
+  if (device !== 'cpu' && device !== 'cuda' && device !== 'auto')
+    throw new ArgumentError(`expected cpu, cuda or auto for --device, got ${JSON.stringify(device)}`);
+  const dtype = values.dtype as string;
+  if (dtype !== 'float32' && dtype !== 'bf16') throw new ArgumentError(`expected float32 or bf16 for --dtype, got ${JSON.stringify(dtype)}`);
+  return { device, dtype };
+}
+
+/** Says so when bf16 was asked for where it can only be emulated. */
+function warnIfEmulated(model: ViT): void {
+  if (model.dtype === 'bf16' && !model.bf16Native)
+    console.error(`warning: this ${model.device.toUpperCase()} has no bf16 dot products (avx512_bf16 or AMX): bf16 is emulated, with bf16's numbers but slower than float32`);
+}
+
 async function train(argv: string[]): Promise<number> {
   const { values } = parse('train', argv, {
     ...modelOptions, ...dataOptions,
@@ -229,8 +251,9 @@ async function train(argv: string[]): Promise<number> {
         ? { placement, hidden: int(values, 'hidden', 8), groups: int(values, 'groups', 2), scale, dropout: num(values, 'dropout', 0.1) }
         : null,
     },
-    { seed: int(values, 'seed', 0) },
+    { seed: int(values, 'seed', 0), ...runtime(values) },
   );
+  warnIfEmulated(model);
   let baseFingerprint: string | null = null;
   if (values.pretrained) {
     const report = await model.loadPretrained(values.pretrained as string);
@@ -282,13 +305,15 @@ async function loadModel(values: Record<string, unknown>, command: string): Prom
     const file = await readSafetensors(values.weights as string);
     const meta = file.metadata['repadapter.config'];
     const config = meta ? (JSON.parse(meta) as ViTOptions) : { ...architecture(values), numClasses: file.tensors.get('head.bias')?.shape[0] ?? 1000, adapter: null };
-    const model = ViT.create({ ...config, adapter: config.adapter ?? null });
+    const model = ViT.create({ ...config, adapter: config.adapter ?? null }, runtime(values));
+    warnIfEmulated(model);
     await model.load(values.weights as string);
     return model;
   }
   const adapters = need(values, 'adapters', command);
   const pretrained = need(values, 'pretrained', command);
-  const model = ViT.create(await modelConfigFromAdapters(adapters));
+  const model = ViT.create(await modelConfigFromAdapters(adapters), runtime(values));
+  warnIfEmulated(model);
   await model.loadPretrained(pretrained, { strict: false });
   await loadAdapters(model, adapters);
   return model;

@@ -21,6 +21,7 @@ import {
   type BenchRow,
 } from '../lib/bench/index.js';
 import { ConfigError } from '../lib/errors.js';
+import { ViT } from '../lib/vit.js';
 
 const TINY = { imageSize: 32, patchSize: 8, width: 32, depth: 2, heads: 2 };
 
@@ -86,22 +87,28 @@ test('runBench on a tiny config writes every requested row (JSON, markdown, SVG)
   t.true(existsSync(result.files.plan));
 });
 
-test('bf16 rows are reported as not implemented, without running anything', async (t) => {
+test('bf16 rows run the bf16 model, say when bf16 is emulated, and skip onnxruntime', async (t) => {
   const dir = tmp(t);
   const { report } = await runBench({
     config: TINY,
     dtype: 'bfloat16',
-    methods: ['repadapter-attn', 'infer-folded'],
+    methods: ['repadapter-attn', 'infer-folded', 'infer-onnxruntime'],
     batch: [2],
     inferBatch: [1],
+    repeats: 1,
     runDir: dir,
     log: null,
   });
-  t.deepEqual(report.rows.map((r) => r.id), ['repadapter-attn/custom/b2', 'infer-folded/custom/b1']);
-  for (const r of report.rows) {
-    t.is(r.status, 'skipped');
-    t.regex(r.note!, /bfloat16 is not implemented yet/);
+  t.deepEqual(report.rows.map((r) => r.id), ['repadapter-attn/custom/b2', 'infer-folded/custom/b1', 'infer-onnxruntime/custom/b1']);
+  using probe = ViT.create(TINY, { dtype: 'bf16' });
+  for (const r of report.rows.slice(0, 2)) {
+    t.is(r.status, 'ok', r.id);
+    if (probe.bf16Native) t.is(r.note, undefined);
+    else t.regex(r.note!, /bf16 emulated/);
   }
+  t.is(report.rows[2].status, 'skipped');
+  t.regex(report.rows[2].note!, /onnxruntime runs the exported float32 model/);
+  t.true(report.notes.some((n) => /bf16 copies of their weights/.test(n)));
 });
 
 test('a device this build cannot use gives skipped rows that say so', async (t) => {

@@ -144,6 +144,9 @@ test('the CLI trains on an ImageFolder, writes log, plot, checkpoints and an ada
     const folded = path.join(dir, 'folded.safetensors');
     t.is(await cli(['fold', '--pretrained', base, '--adapters', path.join(out, 'task.adapters.safetensors'), '--out', folded]), 0);
     t.is(await cli(['eval', '--data', data, '--weights', folded, '--batch', '10']), 0);
+    t.is(await cli(['eval', '--data', data, '--weights', folded, '--batch', '10', '--dtype', 'bf16']), 0);
+    t.is(await cli(['eval', '--data', data, '--weights', folded, '--dtype', 'fp16']), 2, 'a bad --dtype is a usage error');
+    t.is(await cli(['eval', '--data', data, '--weights', folded, '--device', 'tpu']), 2, 'a bad --device is a usage error');
     t.is(await cli(['train', '--data', path.join(dir, 'missing')]), 2);
     await writeFile(path.join(dir, 'x'), '');
   } finally {

@@ -38,7 +38,8 @@ Workloads
   --batch <list>          training batch sizes (default ${DEFAULTS.batch.join(',')})
   --infer-batch <list>    inference batch sizes (default ${DEFAULTS.inferBatch.join(',')})
   --device <cpu|cuda>     default cpu (cuda rows are skipped when this build cannot make a model there)
-  --dtype <float32|bf16>  default float32 (bf16 is not implemented yet on CPU: rows are skipped)
+  --dtype <float32|bf16>  default float32; bf16 runs the backbone's Linears in bf16 (emulated, and
+                          so slower, on CPUs without avx512_bf16 or AMX: each row says so)
   --warmup <n>            warm-up steps per workload (default ${DEFAULTS.warmup})
   --repeats <n>           measured steps per workload (default ${DEFAULTS.repeats}); the report has
                           median, min/max and IQR

@@ -59,6 +59,7 @@ function createModel(workload: Workload, settings: BenchSettings): ViT | { skipp
     numClasses: config.numClasses,
     trainable: trainable ?? 'adapters',
     adapter: placement ? { placement, ...settings.adapter } : null,
+    dtype: settings.dtype === 'bfloat16' ? 'bf16' : 'float32',
   };
   const arch = {
     imageSize: config.imageSize,
@@ -113,6 +114,13 @@ export async function runWorkload(request: WorkerRequest): Promise<WorkerReply> 
   const { imageSize: S, numClasses: C } = workload.config;
   const B = workload.batch;
 
+  if (settings.dtype === 'bfloat16') {
+    if (workload.method === 'infer-onnxruntime') {
+      model.dispose();
+      return { row: { ...row, status: 'skipped', note: 'onnxruntime runs the exported float32 model: see a float32 run' }, backend: native.backend, optimizer: null };
+    }
+    if (!model.bf16Native) row.note = 'bf16 emulated: this CPU has no bf16 dot products (avx512_bf16 or AMX), so this row shows bf16 numerics, not bf16 speed';
+  }
   if (workload.placement) randomiseAdapters(model, settings.seed);
   if (workload.method === 'infer-folded' || workload.method === 'infer-onnxruntime') model.fold();
   row.params = model.countParameters();
