@@ -13,9 +13,11 @@
 #   2. cuda_ops_check                                 every op vs the CPU, small + ViT-B shapes
 #   3. cuda_model_check --config small --batch 4      training steps, AdamW, fold vs the CPU
 #   4. cuda_model_check --config vit_b16 --batch 8    the same at ViT-B/16, batch 8
+#      ... and again with --dtype bf16                 bf16 Linears, CUDA's bf16 GEMM vs the CPU's
 #   5. compute-sanitizer memcheck on 3 (small config) and on cuda_ops_check --small
 # and writes at most 8 files into OUTDIR (the device tool brings back 8): env.log, build.log,
-# registry.log, ops.log, model_small.log, model_vitb16.log, sanitizer.log, summary.txt.
+# registry.log, ops.log, model_small.log, model_vitb16.log (both dtypes), sanitizer.log,
+# summary.txt.
 # Each step has a time limit and the whole run a budget (BUDGET_S, default 450 s): planned for
 # about 4 minutes on 16 cores, it ends within 7.5 whatever hangs; the sanitizer's second run is
 # only started before +390 s.
@@ -164,6 +166,9 @@ step "registry: CUDA available" "$OUT/registry.log" 60 "$BUILD/backend_registry_
 step "ops: small + ViT-B shapes" "$OUT/ops.log" 150 "$BUILD/cuda_ops_check"
 step "model: small, batch 4" "$OUT/model_small.log" 90 "$BUILD/cuda_model_check" --config small --batch 4
 step "model: vit_b16, batch 8" "$OUT/model_vitb16.log" 240 "$BUILD/cuda_model_check" --config vit_b16 --batch 8
+# Appended to the same log: a file of its own would be a ninth, beyond what comes back.
+step "model: vit_b16, batch 8, bf16" "$OUT/model_vitb16.log" 180 \
+  "$BUILD/cuda_model_check" --config vit_b16 --batch 8 --dtype bf16
 
 SAN="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
 if [[ -x "$SAN" ]]; then

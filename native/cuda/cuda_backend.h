@@ -130,7 +130,9 @@ class CudaBackend final : public Backend {
   Status launched(const char* kernel) const;
   // A non-kernel CUDA runtime call's error as a Status naming the call.
   static Status from_cuda(cudaError_t e, const char* what);
-  // gemm without taking the lock again (attention calls it per batch slice).
+  // gemm without taking the lock again (attention calls it per batch slice). A bf16 gemm
+  // (B_bf16) writes its bf16 copy of A into scratch: its caller must not be holding scratch
+  // data, and no operand may live in scratch (it refuses such a call).
   Status gemm_unlocked(const Gemm& g);
 
  private:
@@ -157,7 +159,7 @@ class CudaBackend final : public Backend {
       if (c) cublasLtMatrixLayoutDestroy(c);
     }
   };
-  using GemmKey = std::array<int64_t, 18>;
+  using GemmKey = std::array<int64_t, 19>;
   Status gemm_plan(const Gemm& g, const GemmKey& key, GemmPlan** out);
   Status gemm_fallback(const Gemm& g);
 

@@ -6,8 +6,22 @@
 // small shapes and one ViT-B/16-like shape (skipped with --small, e.g. under compute-sanitizer)
 // through run_op on both backends. Part 2 calls backend entry points directly for what run_op
 // does not reach: gemm with every flag (transposes, batches, strides, alpha, beta, bias,
-// unaligned pointers), dropout masks (must be bit-identical), strided LayerNorm, attention
-// without probs, a bad label, overlapping copies, sum_squares.
+// unaligned pointers), in float32 and in bf16, convert_to_bf16 (must be bit-identical), dropout
+// masks (must be bit-identical), strided LayerNorm, attention without probs, a bad label,
+// overlapping copies, sum_squares.
+//
+// bf16 tolerances (the Linear with bf16=1, the bf16 gemm cases). Both backends round the same
+// operands to bf16 to nearest even and multiply them exactly (a bf16 × bf16 product fits a
+// float32), so they differ only in how the K products are summed in float32: order, blocking,
+// and the tensor cores' rounding of partial sums (which may truncate). Modelled at the ViT-B
+// shapes below (bf16 operands, sums against a float64 reference, relative to the output's
+// largest value): a float32 sum in another order differs by ~2e-7; even a float32 accumulator
+// that truncates every addition, summing all K = 3072 products one after another (the worst
+// order), stays at 1.4e-5, its error growing with K rather than √K. Hence 2e-5 for K up to a few
+// hundred and 1e-4 at K = 768…3072. A wrong bf16 path lands far above: leaving A in float32
+// gives 1.1e-3…1.6e-3, rounding A by truncation instead of to nearest 2.8e-3…3.9e-3 (forward
+// and dx), over ten times the largest tolerance. The Linear's weight and bias gradients are
+// float32 products either way and meet these tolerances with room to spare.
 //
 // Both backends are wrapped in PoisonBackend: outputs an op overwrites are NaN before it runs.
 // Prints one table row per output tensor (see check_util.h for the metric).
@@ -169,6 +183,12 @@ std::vector<std::pair<OpAttrs, double>> shapes(const std::string& op, bool large
     add({{"M", 64}, {"in", 96}, {"out", 48}}, 1e-5);
     if (large) add({{"M", 1576}, {"in", 768}, {"out", 2304}}, 2e-5);
     if (large) add({{"M", 1576}, {"in", 3072}, {"out", 768}}, 2e-5);
+    // bf16 compute (see the top of this file for the tolerances); in = 13 gives bf16 rows of
+    // 26 bytes, too unaligned for cuBLASLt: the cublasGemmStridedBatchedEx fallback.
+    add({{"M", 7}, {"in", 13}, {"out", 5}, {"bf16", 1}}, 2e-5);
+    add({{"M", 64}, {"in", 96}, {"out", 48}, {"bf16", 1}}, 2e-5);
+    if (large) add({{"M", 1576}, {"in", 768}, {"out", 2304}, {"bf16", 1}}, 1e-4);
+    if (large) add({{"M", 1576}, {"in", 3072}, {"out", 768}, {"bf16", 1}}, 1e-4);
   } else if (op == "layernorm") {
     add({{"M", 5}, {"D", 7}, {"eps", 1e-6}}, 1e-5);
     add({{"M", 33}, {"D", 192}, {"eps", 1e-5}}, 1e-5);
@@ -278,7 +298,8 @@ struct GemmCase {
   float alpha = 1, beta = 0;
   bool bias = false;
   int64_t pad = 0;     // extra leading-dimension floats
-  int64_t offset = 0;  // floats by which every pointer is moved off cudaMalloc's alignment
+  int64_t offset = 0;  // elements by which every pointer is moved off cudaMalloc's alignment
+  bool bf16 = false;   // B as bf16 (convert_to_bf16 of the same values), A rounded by the gemm
 };
 
 struct GemmData {
@@ -318,6 +339,14 @@ Status run_gemm(Backend& be, const GemmCase& k, const GemmData& d, std::vector<f
   g.C = Cd + k.offset; g.ldc = d.ldc; g.stride_c = d.sc;
   g.bias = k.bias ? bias + k.offset : nullptr;
   g.alpha = k.alpha; g.beta = k.beta;
+  if (k.bf16) {  // the whole B buffer, gaps included, so strides and offset carry over
+    const int64_t n = static_cast<int64_t>(d.B.size());
+    float* storage = nullptr;
+    RA_RETURN_IF_ERROR(pool.alloc((n + 1) / 2, &storage));
+    uint16_t* B16 = reinterpret_cast<uint16_t*>(storage);
+    RA_RETURN_IF_ERROR(be.convert_to_bf16(B, B16, n));
+    g.B_bf16 = B16 + k.offset;
+  }
   RA_RETURN_IF_ERROR(be.gemm(g));
   return pool.get(Cd, static_cast<int64_t>(d.C.size()), C);
 }
@@ -328,6 +357,7 @@ void gemm_cases(Backend& cpu, Backend& gpu, std::vector<Result>* results) {
   struct Size { int64_t M, N, K, pad, offset; };
   const Size sizes[] = {{13, 7, 9, 0, 0}, {64, 48, 32, 0, 0}, {33, 65, 17, 3, 1}, {128, 96, 200, 4, 0}};
   uint64_t seed = 5000;
+  for (bool bf16 : {false, true})
   for (const Size& sz : sizes)
     for (int t = 0; t < 4; ++t)
       for (int64_t batch : {1, 3})
@@ -337,20 +367,78 @@ void gemm_cases(Backend& cpu, Backend& gpu, std::vector<Result>* results) {
           k.M = sz.M; k.N = sz.N; k.K = sz.K; k.batch = batch;
           k.alpha = sc.alpha; k.beta = sc.beta; k.bias = sc.bias;
           k.pad = sz.pad; k.offset = sz.offset;
+          k.bf16 = bf16;
           char label[96];
-          std::snprintf(label, sizeof(label), "%lldx%lldx%lld%s%s b%lld a%g b%g%s%s",
+          std::snprintf(label, sizeof(label), "%lldx%lldx%lld%s%s b%lld a%g b%g%s%s%s",
                         (long long)k.M, (long long)k.N, (long long)k.K, k.ta ? " At" : "", k.tb ? " Bt" : "",
-                        (long long)k.batch, k.alpha, k.beta, k.bias ? " bias" : "", k.offset ? " +1" : "");
+                        (long long)k.batch, k.alpha, k.beta, k.bias ? " bias" : "", k.offset ? " +1" : "",
+                        k.bf16 ? " bf16" : "");
           const GemmData d = gemm_data(k, ++seed);
           std::vector<float> c_cpu, c_gpu;
           Status s1 = run_gemm(cpu, k, d, &c_cpu);
           Status s2 = run_gemm(gpu, k, d, &c_gpu);
           if (!s1.ok() || !s2.ok())
             results->push_back(failure("gemm", label, "cpu: " + s1.message() + " | cuda: " + s2.message()));
-          else
-            results->push_back(compare("gemm", label, "C", c_cpu, c_gpu, 1e-5));
+          else  // K ≤ 200 here: bf16 sums differ by order only (see the top of this file)
+            results->push_back(compare("gemm", label, "C", c_cpu, c_gpu, bf16 ? 2e-5 : 1e-5));
           print_result(results->back());
         }
+}
+
+// convert_to_bf16 must give the same bits on both backends (the model's bf16 weight copies are
+// made by it): every sign, exponent and upper mantissa half, each with the lower halves that
+// decide the rounding — 0 (exact), 0x7FFF (just below a tie), 0x8000 (the tie: to even),
+// 0x8001 (just above) and 0xFFFF (carries into the exponent, overflows to inf at the top).
+// That covers ±0, subnormals, ±inf, quiet and signalling NaNs of either sign, and the largest
+// finite floats.
+void convert_bf16_case(Backend& cpu, Backend& gpu, std::vector<Result>* results) {
+  const uint32_t lows[] = {0x0000u, 0x7FFFu, 0x8000u, 0x8001u, 0xFFFFu};
+  std::vector<float> x;
+  x.reserve(65536 * 5);
+  for (uint32_t hi = 0; hi < 65536; ++hi)
+    for (uint32_t lo : lows) {
+      const uint32_t bits = hi << 16 | lo;
+      float v;
+      std::memcpy(&v, &bits, sizeof v);
+      x.push_back(v);
+    }
+  const int64_t n = static_cast<int64_t>(x.size());
+  std::vector<uint16_t> out[2];
+  Backend* be[2] = {&cpu, &gpu};
+  for (int i = 0; i < 2; ++i) {
+    Pool pool(*be[i]);
+    float *px = nullptr, *py = nullptr;
+    Status st = pool.put(x, &px);
+    if (st.ok()) st = pool.alloc((n + 1) / 2, &py);
+    if (st.ok()) st = be[i]->convert_to_bf16(px, reinterpret_cast<uint16_t*>(py), n);
+    out[i].resize(static_cast<size_t>(n));
+    if (st.ok()) st = be[i]->synchronize();
+    if (st.ok()) st = be[i]->download(out[i].data(), py, static_cast<size_t>(n) * sizeof(uint16_t));
+    if (!st.ok()) {
+      results->push_back(failure("convert_bf16", "all bit patterns (bitwise)", st.message()));
+      print_result(results->back());
+      return;
+    }
+  }
+  Result r = failure("convert_bf16", "all bit patterns (bitwise)", "");
+  r.output = "y";
+  r.n = n;
+  int64_t differ = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (out[0][i] == out[1][i]) continue;
+    if (differ++ == 0) {
+      uint32_t bits;
+      std::memcpy(&bits, &x[i], sizeof bits);
+      char buf[96];
+      std::snprintf(buf, sizeof(buf), "first at input 0x%08X: cpu 0x%04X, cuda 0x%04X", bits, out[0][i], out[1][i]);
+      r.note = buf;
+    }
+  }
+  r.max_abs = static_cast<double>(differ);  // here: how many bit patterns differ
+  r.pass = differ == 0;
+  if (differ) r.note = std::to_string(differ) + " differ; " + r.note;
+  results->push_back(r);
+  print_result(results->back());
 }
 
 // Dropout masks must be bit-identical: same hash, same comparison (tolerance 0).
@@ -558,6 +646,7 @@ int main(int argc, char** argv) {
   print_header();
   run_op_cases(cpu, gpu, large, only, &results);
   if (only.empty() || only == "gemm") gemm_cases(cpu, gpu, &results);
+  if (only.empty() || only == "convert_bf16") convert_bf16_case(cpu, gpu, &results);
   if (only.empty()) {
     dropout_case(cpu, gpu, &results);
     strided_layernorm_case(cpu, gpu, &results);
