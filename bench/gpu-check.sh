@@ -15,16 +15,23 @@
 #   4. cuda_model_check --config vit_b16 --batch 8    the same at ViT-B/16, batch 8
 #      ... and again with --dtype bf16                 bf16 Linears, CUDA's bf16 GEMM vs the CPU's
 #   5. compute-sanitizer memcheck on 3 (small config) and on cuda_ops_check --small
-# and writes at most 8 files into OUTDIR (the device tool brings back 8): env.log, build.log,
-# registry.log, ops.log, model_small.log, model_vitb16.log (both dtypes), sanitizer.log,
-# summary.txt.
-# Each step has a time limit and the whole run a budget (BUDGET_S, default 450 s): planned for
-# about 4 minutes on 16 cores, it ends within 7.5 whatever hangs; the sanitizer's second run is
-# only started before +390 s.
+#   6. the benchmark beside PyTorch (timm + the official RepAdapter modules, the same GPU, the
+#      same run): cuda_bench (ViT-B/16, training at batch 64, inference at batch 256, float32
+#      and bf16), bench/pytorch_bench.py eager, then torch.compile, then bench/gpu_compare.py
+#      (ratios per row, the targets met or missed)
+# and writes at most 8 files into OUTDIR (no more than 8 come back from a GPU machine): env.log
+# (with 1), build.log, ops.log (with 5's second run), model_small.log (with 5's first run),
+# model_vitb16.log (both dtypes), bench.log (6's output, the comparison's table last),
+# bench.json (both sides' results and the comparison), summary.txt (with the targets' verdicts).
+# Each step has a time limit and the whole run a budget (BUDGET_S, default 540 s): planned for
+# about 7 minutes on 16 cores (checks ~4.5, benchmark ~2.5), it ends within 9 whatever hangs;
+# the sanitizer's second run is only started before BUDGET_S − 240 s (+300 s), which leaves the
+# benchmark its time, and torch.compile gets what is left but 25 s (skipped under 60 s).
 #
 # Environment: REPADAPTER_CUDA_ARCHS (default 90: only the GPU at hand, the fastest build),
-# BUDGET_S (450), REPADAPTER_DEPS (a dnnl.tar.xz made by --pack-deps, default .gpu-deps/),
-# BUILD_DIR (default /tmp/repadapter-gpu-build), SKIP_BUILD=1 (reuse BUILD_DIR), JOBS.
+# BUDGET_S (540), PYTHON (the one with torch and timm, default python3), REPADAPTER_DEPS (a
+# dnnl.tar.xz made by --pack-deps, default .gpu-deps/), BUILD_DIR (default
+# /tmp/repadapter-gpu-build), SKIP_BUILD=1 (reuse BUILD_DIR), JOBS.
 # Exit status: 0 when every check passed, 1 otherwise (summary.txt says which).
 set -u -o pipefail
 
@@ -64,7 +71,7 @@ elapsed() { echo $((SECONDS - START)); }
 # step NAME LOG LIMIT_S CMD...: runs CMD with a time limit, appending to LOG; records the result.
 # The limit is cut to what is left of BUDGET_S (whole run), and a step with under 20 s left is
 # skipped, so the script ends within BUDGET_S whatever hangs.
-BUDGET_S="${BUDGET_S:-450}"
+BUDGET_S="${BUDGET_S:-540}"
 step() {
   local name="$1" log="$2" limit="$3"
   shift 3
@@ -156,13 +163,13 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   step "configure" "$BUILDLOG" 120 cmake -S "$ROOT" -B "$BUILD" "${CMAKE_ARGS[@]}" || {
     note "configure failed: see build.log"; exit 1; }
   step "build" "$BUILDLOG" 300 cmake --build "$BUILD" -j "$JOBS" --target \
-    repadapter_cuda cuda_ops_check cuda_model_check backend_registry_check || {
+    repadapter_cuda cuda_ops_check cuda_model_check cuda_bench backend_registry_check || {
     note "build failed: see build.log"; exit 1; }
 fi
 find "$BUILD" -maxdepth 2 -name repadapter_cuda.so -exec ls -la {} \; >>"$BUILDLOG" 2>&1
 
 # ---- checks ------------------------------------------------------------------------------------
-step "registry: CUDA available" "$OUT/registry.log" 60 "$BUILD/backend_registry_check" --expect available
+step "registry: CUDA available" "$ENVLOG" 60 "$BUILD/backend_registry_check" --expect available
 step "ops: small + ViT-B shapes" "$OUT/ops.log" 150 "$BUILD/cuda_ops_check"
 step "model: small, batch 4" "$OUT/model_small.log" 90 "$BUILD/cuda_model_check" --config small --batch 4
 step "model: vit_b16, batch 8" "$OUT/model_vitb16.log" 240 "$BUILD/cuda_model_check" --config vit_b16 --batch 8
@@ -173,10 +180,10 @@ step "model: vit_b16, batch 8, bf16" "$OUT/model_vitb16.log" 180 \
 SAN="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
 if [[ -x "$SAN" ]]; then
   SANFLAGS=(--tool memcheck --error-exitcode 10 --report-api-errors no --print-limit 50)
-  step "memcheck: model small" "$OUT/sanitizer.log" 150 \
+  step "memcheck: model small" "$OUT/model_small.log" 150 \
     "$SAN" "${SANFLAGS[@]}" "$BUILD/cuda_model_check" --config small --batch 2 --trainable adapters
-  if (($(elapsed) < 390)); then
-    step "memcheck: ops --small" "$OUT/sanitizer.log" 120 "$SAN" "${SANFLAGS[@]}" "$BUILD/cuda_ops_check" --small
+  if (($(elapsed) < BUDGET_S - 240)); then
+    step "memcheck: ops --small" "$OUT/ops.log" 120 "$SAN" "${SANFLAGS[@]}" "$BUILD/cuda_ops_check" --small
   else
     note "memcheck: ops --small             skipped (time: +$(elapsed)s)"
   fi
@@ -184,6 +191,43 @@ else
   note "compute-sanitizer: not found, memcheck skipped"
   FAILED=1
 fi
+
+# ---- benchmark: ours beside PyTorch ----------------------------------------------------------
+# Estimates for an H200 (nothing here has been timed on a GPU yet):
+#   cuda_bench     ~35 s: three ViT-B/16 models made on the host (~3 s each); 4 training rows at
+#                  batch 64 (bf16 ~15–25 ms a step, float32 without TF32 ~10× that) and 6
+#                  inference rows at batch 256; each row 2 warm-up steps, then up to 20 steps or
+#                  2 s (at least 3). Limit 120 s.
+#   eager          ~45 s: one process (torch + timm import, a bf16 matrix-product ceiling), the
+#                  same 10 rows, 2 warm-up + 8 timed steps each. Limit 120 s.
+#   torch.compile  ~60–130 s: two rows (training attn bf16, folded inference bf16), a process
+#                  each, the first step compiles (40–90 s for training). It gets what is left of
+#                  the budget but 25 s, at most 150 s, each row at most 100 s; skipped under 60 s.
+#   comparison     ~1 s.
+# Intermediate files stay in the build folder; OUTDIR gets bench.log and bench.json.
+BENCHLOG="$OUT/bench.log"
+BENCHDIR="$BUILD/bench"
+PY="${PYTHON:-python3}"
+mkdir -p "$BENCHDIR" && rm -f "$BENCHDIR"/*.json
+ROWS=repadapter-attn,repadapter-block,infer-plain,infer-unfolded-attn,infer-folded
+TORCH_ARGS=(--device cuda --model vit_base_patch16_224 --batch 64 --infer-batch 256 --warmup 2 --repeats 8)
+step "bench: ours (cuda_bench)" "$BENCHLOG" 120 "$BUILD/cuda_bench" --config vit_b16 --batch 64 \
+  --infer-batch 256 --out "$BENCHDIR/ours.json"
+step "bench: PyTorch eager" "$BENCHLOG" 120 "$PY" "$ROOT/bench/pytorch_bench.py" "${TORCH_ARGS[@]}" \
+  --methods "$ROWS" --dtypes float32,bf16 --in-process --measure-ceiling --deadline 110 \
+  --out "$BENCHDIR/eager.json"
+left=$((BUDGET_S - $(elapsed) - 25))
+((left > 150)) && left=150
+if ((left >= 60)); then
+  step "bench: PyTorch torch.compile" "$BENCHLOG" $((left + 10)) "$PY" "$ROOT/bench/pytorch_bench.py" \
+    "${TORCH_ARGS[@]}" --methods repadapter-attn,infer-folded --dtypes bf16 --compile \
+    --deadline "$left" --timeout 100 --out "$BENCHDIR/compile.json"
+else
+  note "bench: PyTorch torch.compile         skipped (time: +$(elapsed)s)"
+fi
+step "bench: comparison" "$BENCHLOG" 30 "$PY" "$ROOT/bench/gpu_compare.py" --ours "$BENCHDIR/ours.json" \
+  --eager "$BENCHDIR/eager.json" --compile "$BENCHDIR/compile.json" --json "$OUT/bench.json"
+grep -E '^\| (train-speed|infer-speed|fold-equal|train-memory) |^targets:' "$BENCHLOG" >>"$SUMMARY" 2>/dev/null
 
 # The table rows that failed, so summary.txt alone tells the story.
 for log in "$OUT/ops.log" "$OUT/model_small.log" "$OUT/model_vitb16.log"; do
@@ -194,6 +238,6 @@ for log in "$OUT/ops.log" "$OUT/model_small.log" "$OUT/model_vitb16.log"; do
     grep ' FAIL' "$log" | head -20 >>"$SUMMARY"
   fi
 done
-grep -E "ERROR SUMMARY|Invalid|out of bounds" "$OUT/sanitizer.log" 2>/dev/null | head -20 >>"$SUMMARY"
+grep -hE "ERROR SUMMARY|Invalid|out of bounds" "$OUT/model_small.log" "$OUT/ops.log" 2>/dev/null | head -20 >>"$SUMMARY"
 note "total: $(elapsed)s; $([[ $FAILED == 0 ]] && echo 'ALL PASSED' || echo 'SOMETHING FAILED')"
 exit $FAILED

@@ -19,9 +19,31 @@ Run with Debian's PyTorch (the pyenv python3 first on PATH has no torch):
         --out results/<run>/theirs.json
 
 Without torch or timm it prints how to get them and exits 0 ("SKIP: ...").
+
+GPU mode (bench/gpu-check.sh runs it beside native/tests/cuda_bench.cc; bench/gpu_compare.py
+pairs the rows by id):
+
+    python3 bench/pytorch_bench.py --device cuda --dtypes float32,bf16 --in-process \
+        --methods repadapter-attn,repadapter-block,infer-plain,infer-unfolded-attn,infer-folded \
+        --batch 64 --infer-batch 256 --out eager.json
+    python3 bench/pytorch_bench.py --device cuda --dtypes bf16 --compile --deadline 150 ... \
+        --out compile.json
+
+--dtypes makes one row per dtype, ids METHOD/MODEL/bBATCH/DTYPE (f32 or bf16), as cuda_bench
+names its rows; bf16 is torch.autocast(bfloat16) over float32 weights. On CUDA: TF32 is off for
+matrix products and convolutions (float32 rows are float32, as ours), the step is timed with
+torch.cuda.synchronize around it, and peakDeviceMB is torch.cuda.max_memory_allocated over the
+timed steps (reset after the warm-up) less what was allocated before the model was built.
+--compile runs the model through torch.compile (default mode; the first warm-up step compiles,
+its seconds are compileSeconds). --in-process runs every row in this process instead of one
+subprocess each (saves the start-up per row; peak RSS is then the process's). --deadline S: rows
+not started within S seconds of the start are skipped, and each row's subprocess time limit is cut
+to what is left; the JSON is rewritten after every row, so a run cut short keeps what it measured.
 """
 import argparse
+import contextlib
 import datetime
+import gc
 import json
 import math
 import os
@@ -99,12 +121,22 @@ def custom_arch(cfg, num_classes):
                 mlpHidden=int(hidden), numClasses=int(cfg.get("numClasses", num_classes)))
 
 
+DTYPE_ID = {"float32": "f32", "bfloat16": "bf16"}  # the row-id suffix, as cuda_bench writes it
+
+
+def dtype_name(d):
+    return {"bf16": "bfloat16", "bfloat16": "bfloat16"}.get(d, "float32")
+
+
 def make_plan(a):
-    dtype = {"bf16": "bfloat16", "bfloat16": "bfloat16"}.get(a.dtype, "float32")
+    dtype = dtype_name(a.dtype)
+    dtypes = [dtype_name(d.strip()) for d in a.dtypes.split(",")] if a.dtypes else None
+    if dtypes:
+        dtype = dtypes[0]
     settings = dict(device=a.device, dtype=dtype, warmup=a.warmup, repeats=a.repeats,
                     profile=a.profile, numClasses=a.classes, adapter=dict(DEFAULTS["adapter"]),
                     optimizer="adamw", lr=a.lr, weightDecay=a.weight_decay, seed=a.seed,
-                    timeout=a.timeout)
+                    timeout=a.timeout, compile=a.compile)
     if a.config:
         models = [(a.name, custom_arch(json.loads(a.config), a.classes))]
     elif a.sizes:
@@ -132,8 +164,12 @@ def make_plan(a):
             if placement == "any":
                 placement = placements[0]
             for b in (batch if kind == "train" else infer_batch):
-                workloads.append(dict(id=f"{method}/{name}/b{b}", method=method, kind=kind, model=name,
-                                      config=config, placement=placement, trainable=trainable, batch=b))
+                w = dict(id=f"{method}/{name}/b{b}", method=method, kind=kind, model=name,
+                         config=config, placement=placement, trainable=trainable, batch=b)
+                if not dtypes:
+                    workloads.append(w)
+                for d in dtypes or []:
+                    workloads.append(dict(w, id=f"{w['id']}/{DTYPE_ID[d]}", dtype=d))
     return dict(schema=SCHEMA, settings=settings, workloads=workloads)
 
 
@@ -227,8 +263,6 @@ def rss_now_mb():
 
 
 def run_workload(workload, settings):
-    import contextlib
-
     import timm.models.vision_transformer  # noqa: F401  (imported before the baseline RSS)
     import torch
     import torch.nn.functional as F
@@ -237,11 +271,18 @@ def run_workload(workload, settings):
     row = dict(workload, status="ok", baselineRssMB=rss_now_mb())
     if workload["method"] == "infer-onnxruntime":
         return dict(row, status="skipped", note="onnxruntime-node runs on the Node side of the benchmark")
-    device, dtype = settings["device"], settings["dtype"]
+    device, dtype = settings["device"], workload.get("dtype", settings["dtype"])
     if device == "cuda" and not torch.cuda.is_available():
         return dict(row, status="skipped", note="cuda: torch.cuda.is_available() is False")
     if device not in ("cpu", "cuda"):
         return dict(row, status="skipped", note=f"unknown device {device}")
+    if settings.get("compile") and not hasattr(torch, "compile"):
+        return dict(row, status="skipped", note=f"torch.compile needs PyTorch 2 (this is {torch.__version__})")
+    if device == "cuda":
+        # float32 rows are float32, as ours (no TF32), for matrix products and the patch conv alike
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        row["baselineDeviceMB"] = torch.cuda.memory_allocated() / 2 ** 20
     torch.manual_seed(settings["seed"])
     model = build(workload, settings).to(device)
     total = sum(p.numel() for p in model.parameters())
@@ -264,6 +305,7 @@ def run_workload(workload, settings):
         return trainable == "all" or name.startswith("head.") or (trainable == "adapters" and ".adapter_" in name)
 
     row["params"] = dict(total=total, trainable=sum(p.numel() for n, p in model.named_parameters() if trains(n)))
+    fwd = torch.compile(model) if settings.get("compile") else model
     if workload["kind"] == "train":
         model.train()
         for name, p in model.named_parameters():
@@ -274,7 +316,7 @@ def run_workload(workload, settings):
         def step():
             opt.zero_grad(set_to_none=True)
             with ctx():
-                loss = F.cross_entropy(model(images), labels)
+                loss = F.cross_entropy(fwd(images), labels)
             loss.backward()
             opt.step()
     else:
@@ -284,10 +326,16 @@ def run_workload(workload, settings):
 
         def step():
             with torch.inference_mode(), ctx():
-                model(images)
+                fwd(images)
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for _ in range(settings["warmup"]):
+    warmup = settings["warmup"]
+    if settings.get("compile"):  # the first step compiles; time it apart, then warm up as usual
+        t0 = time.perf_counter()
+        step()
+        sync()
+        row["compileSeconds"] = time.perf_counter() - t0
+    for _ in range(warmup):
         step()
     sync()
     if device == "cuda":
@@ -322,7 +370,7 @@ def run_workload(workload, settings):
     row["imagesPerSec"] = B * 1000 / row["stepMs"]["median"]
     row["peakRssMB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     if device == "cuda":
-        row["peakDeviceMB"] = torch.cuda.max_memory_allocated() / 2 ** 20
+        row["peakDeviceMB"] = torch.cuda.max_memory_allocated() / 2 ** 20 - row["baselineDeviceMB"]
     return row
 
 
@@ -336,9 +384,24 @@ def worker_main():
     sys.stdout.flush()
 
 
-def run_child(workload, settings, env):
+def run_in_process(workload, settings):
+    try:
+        row = run_workload(workload, settings)
+    except Exception as e:  # reported as the row's error, as a worker would
+        row = dict(workload, status="error", note=f"{type(e).__name__}: {e}")
+    gc.collect()  # the row's model, optimizer and inputs go before the next row's baseline
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+    return row
+
+
+def run_child(workload, settings, env, timeout=None):
     req = json.dumps(dict(workload=workload, settings=settings))
-    timeout = settings.get("timeout") or None
+    timeout = timeout or settings.get("timeout") or None
     try:
         p = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker"], input=req,
                            capture_output=True, text=True, env=env, timeout=timeout)
@@ -373,16 +436,25 @@ def markdown(report):
              f"scale {s['adapter']['scale']}, dropout {s['adapter']['dropout']}.", "",
              "Host: " + ", ".join(f"{k} {v}" for k, v in report["host"].items() if v not in (None, "")) + ".", ""]
     lines += [f"- {n}" for n in report["notes"]] + [""]
-    lines.append("| method | model | batch | ms/step (median) | min – max | IQR | images/s | peak RSS (MB) | status |")
-    lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    gpu = s["device"] == "cuda"  # device memory and compile time
+    by_dtype = any("dtype" in r for r in report["rows"])  # --dtypes: one row per dtype
+    head = ["method", "model", "batch"] + (["dtype"] if by_dtype else []) + [
+        "ms/step (median)", "min – max", "IQR", "images/s", "peak RSS (MB)"]
+    head += ["peak device (MB)", "compile (s)"] if gpu else []
+    lines.append("| " + " | ".join(head + ["status"]) + " |")
+    lines.append("| --- | --- | ---: |" + (" --- |" if by_dtype else "") +
+                 " ---: |" * (len(head) - (4 if by_dtype else 3)) + " --- |")
     for r in report["rows"]:
         st = r.get("stepMs")
         status = r["status"] + (f": {r['note']}" if r.get("note") else "")
-        lines.append("| " + " | ".join([
-            r["method"], r["model"], str(r["batch"]), fmt(st and st["median"]),
+        cells = [r["method"], r["model"], str(r["batch"])] + ([r.get("dtype", s["dtype"])] if by_dtype else []) + [
+            fmt(st and st["median"]),
             f"{fmt(st['min'])} – {fmt(st['max'])}" if st else "–", fmt(st and st["iqr"]),
-            fmt(r.get("imagesPerSec")), f"{r['peakRssMB']:.0f}" if r.get("peakRssMB") else "–",
-            status.replace("|", "\\|").replace("\n", " ")]) + " |")
+            fmt(r.get("imagesPerSec")), f"{r['peakRssMB']:.0f}" if r.get("peakRssMB") else "–"]
+        if gpu:
+            cells += [f"{r['peakDeviceMB']:.0f}" if r.get("peakDeviceMB") is not None else "–",
+                      f"{r['compileSeconds']:.1f}" if r.get("compileSeconds") is not None else "–"]
+        lines.append("| " + " | ".join(cells + [status.replace("|", "\\|").replace("\n", " ")]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -395,6 +467,34 @@ def blas_info():
         return None
     names = sorted(os.path.basename(p) for p in libs)
     return ", ".join(names) or None
+
+
+def matmul_ceiling(device):
+    """TFLOP/s of one large bf16 matrix product on random data (METHOD: measure the ceiling)."""
+    import torch
+    n = 8192 if device == "cuda" else 512
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    a = torch.randn(n, n, device=device).to(torch.bfloat16)
+    b = torch.randn(n, n, device=device).to(torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync()
+    reps = 10
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync()
+    sec = time.perf_counter() - t0
+    del a, b
+    return dict(n=n, tflops=2 * n ** 3 * reps / sec / 1e12)
+
+
+def write_json(path, report):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
 
 
 def parse_args(argv):
@@ -414,6 +514,12 @@ def parse_args(argv):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "fp32", "bf16", "bfloat16"],
                    help="bf16: torch.autocast(bfloat16)")
+    p.add_argument("--dtypes", help="one row per dtype (float32,bf16), ids ending in /f32, /bf16 (the GPU mode)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (PyTorch 2)")
+    p.add_argument("--in-process", action="store_true", help="run every row in this process")
+    p.add_argument("--deadline", type=float, default=0, help="seconds for the whole run (0: none)")
+    p.add_argument("--measure-ceiling", action="store_true",
+                   help="time a large bf16 matrix product first (host.bf16MatmulTflops)")
     p.add_argument("--warmup", type=int, default=DEFAULTS["warmup"])
     p.add_argument("--repeats", type=int, default=DEFAULTS["repeats"])
     p.add_argument("--profile", action="store_true", help="per-op profile (torch.profiler)")
@@ -426,6 +532,7 @@ def parse_args(argv):
 
 
 def main(argv=None):
+    started = time.time()
     a = parse_args(sys.argv[1:] if argv is None else argv)
     if a.worker:
         worker_main()
@@ -475,31 +582,60 @@ def main(argv=None):
         "frozen backbone via requires_grad_(False); torch.inference_mode for inference; "
         f"torch.set_num_threads({os.cpu_count()}); OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}",
     ]
+    if a.device == "cuda" and torch.cuda.is_available():
+        host.update(gpu=torch.cuda.get_device_name(0), cudaVersion=torch.version.cuda,
+                    gpuMemoryMB=round(torch.cuda.get_device_properties(0).total_memory / 2 ** 20))
+        notes.append("CUDA: TF32 off (torch.backends.cuda.matmul and cudnn allow_tf32 = False); images and labels "
+                     "on the device before timing; step timed with torch.cuda.synchronize; peakDeviceMB = "
+                     "torch.cuda.max_memory_allocated over the timed steps less the memory allocated before the model")
+    if a.measure_ceiling:
+        try:
+            host["bf16Matmul"] = matmul_ceiling(a.device)
+            log(f"bf16 matrix product {host['bf16Matmul']['n']}³: {host['bf16Matmul']['tflops']:.1f} TFLOP/s")
+        except Exception as e:  # a ceiling is a lead, not a row: report and go on
+            host["bf16Matmul"] = dict(error=f"{type(e).__name__}: {e}")
+        gc.collect()
+        if a.device == "cuda":
+            torch.cuda.empty_cache()
+    if settings.get("compile"):
+        notes.append("torch.compile(model), default mode; the first step (compileSeconds) is not timed")
+    if a.in_process:
+        notes.append("every row ran in one process (--in-process): peak RSS is the process's")
     if host["blas"] and "openblas" not in host["blas"] and "mkl" not in host["blas"]:
         notes.append(f"torch loaded a reference BLAS ({host['blas']}): install libopenblas0-pthread, "
                      "or every matrix product is many times slower")
-    if settings["dtype"] == "bfloat16":
+    if any(w.get("dtype", settings["dtype"]) == "bfloat16" for w in plan["workloads"]):
         notes.append("bfloat16 = torch.autocast(bfloat16) over float32 weights")
     if settings.get("profile"):
         notes.append("per-op profiling (torch.profiler) was on: it adds overhead to the step times")
 
     rows = []
     wl = plan["workloads"]
-    for i, w in enumerate(wl):
-        row = run_child(w, settings, env)
-        rows.append(row)
-        tag = f"[{i + 1}/{len(wl)}] {w['id']}"
-        if row["status"] == "ok":
-            log(f"{tag}: {row['stepMs']['median']:.1f} ms/step, {row['imagesPerSec']:.1f} images/s, "
-                f"peak RSS {row['peakRssMB']:.0f} MB")
-        else:
-            log(f"{tag}: {row['status']} ({row.get('note', '')})")
-    report = dict(schema=SCHEMA, implementation="pytorch",
+    report = dict(schema=SCHEMA, implementation="pytorch-compile" if settings.get("compile") else "pytorch",
                   createdAt=datetime.datetime.utcnow().isoformat(timespec="milliseconds") + "Z",
                   host=host, settings=settings, notes=notes, rows=rows)
-    with open(out, "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
+    for i, w in enumerate(wl):
+        left = a.deadline - (time.time() - started) if a.deadline else None
+        if left is not None and left < 5:
+            row = dict(w, status="skipped", note=f"the run's {a.deadline:.0f} s deadline was reached")
+        elif a.in_process:
+            row = run_in_process(w, settings)
+        else:
+            timeout = settings.get("timeout") or None
+            if left is not None:
+                timeout = min(timeout, left) if timeout else left
+            row = run_child(w, settings, env, timeout)
+        rows.append(row)
+        write_json(out, report)  # after every row: a run cut short keeps what it measured
+        tag = f"[{i + 1}/{len(wl)}] {w['id']}"
+        if row["status"] == "ok":
+            extra = f", peak device {row['peakDeviceMB']:.0f} MB" if row.get("peakDeviceMB") is not None else ""
+            extra += f", compiled in {row['compileSeconds']:.1f} s" if row.get("compileSeconds") is not None else ""
+            log(f"{tag}: {row['stepMs']['median']:.1f} ms/step, {row['imagesPerSec']:.1f} images/s, "
+                f"peak RSS {row['peakRssMB']:.0f} MB{extra}")
+        else:
+            log(f"{tag}: {row['status']} ({row.get('note', '')})")
+    write_json(out, report)
     md = markdown(report)
     with open(os.path.splitext(out)[0] + ".md", "w") as f:
         f.write(md)

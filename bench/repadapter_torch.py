@@ -24,16 +24,26 @@ class RepAdapter(nn.Module):
         return x.transpose(1, 2).contiguous()
 
 
+def _attn_kwargs(attn_mask, is_causal):
+    # Only what was asked for: timm versions before attn_mask / is_causal existed take neither.
+    kw = {}
+    if attn_mask is not None:
+        kw["attn_mask"] = attn_mask
+    if is_causal:
+        kw["is_causal"] = True
+    return kw
+
+
 def _forward_attn(self, x, attn_mask=None, is_causal=False):
     x = x + self.drop_path1(self.ls1(self.attn(self.adapter_attn(self.norm1(x)),
-                                               attn_mask=attn_mask, is_causal=is_causal)))
+                                               **_attn_kwargs(attn_mask, is_causal))))
     x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
     return x
 
 
 def _forward_block(self, x, attn_mask=None, is_causal=False):
     x = x + self.drop_path1(self.ls1(self.attn(self.adapter_attn(self.norm1(x)),
-                                               attn_mask=attn_mask, is_causal=is_causal)))
+                                               **_attn_kwargs(attn_mask, is_causal))))
     x = x + self.drop_path2(self.ls2(self.mlp(self.adapter_mlp(self.norm2(x)))))
     return x
 
