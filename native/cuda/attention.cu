@@ -1,16 +1,23 @@
-// Multi-head softmax attention on the GPU, as cpu/attention.cc: the same four products per
-// (sample, head), here as cuBLASLt strided-batched products over the H heads of one sample
-// (heads are Dh floats apart inside qkv [B,N,3,H,Dh], so one stride walks them; samples are
-// N·3D apart, a second stride no strided-batched call has, hence one call per sample), and the
-// row-wise softmax and its backward as warp-per-row kernels that sum in double (at least as
-// accurate as the CPU's sums, whatever their precision).
+// Multi-head softmax attention on the GPU, two ways.
 //
-// This is the correct-first version: the N×N scores go through memory (probs, which backward
-// needs anyway in training). A fused kernel that keeps them on chip is the speed path for
-// inference (probs == null) and a later change.
+// Head widths 32 and 64 (every ViT this package trains) take the fused kernels of
+// flash_attention.cuh: the N×N scores stay on chip, and `saved` holds, for backward,
+//   [0, B·H·N)                  lse, the log-sum-exp of each row of scaled scores, [B,H,N]
+//   [B·H·N, B·H·N + B·N·H·Dh)   a copy of out, [B,N,H,Dh] (backward's D = rowsum(dO ∘ O))
+// — Dh + 1 floats per (token, head) instead of N: a third of the probabilities at ViT-B/16's
+// N = 197, Dh = 64. Backward recomputes the probabilities from lse (see that header).
+//
+// Other head widths take the materialised path, as cpu/attention.cc: the same four products
+// per (sample, head) as cuBLASLt strided-batched products over the H heads of one sample (heads
+// are Dh floats apart inside qkv [B,N,3,H,Dh], so one stride walks them; samples are N·3D
+// apart, a second stride no strided-batched call has, hence one call per sample), and the
+// row-wise softmax and its backward as warp-per-row kernels that sum in double. There `saved`
+// is the softmax probabilities [B,H,N,N], and inference puts the scores in scratch.
 #include <cmath>
+#include <string>
 
 #include "common.cuh"
+#include "flash_attention.cuh"
 
 namespace repadapter {
 namespace {
@@ -67,14 +74,70 @@ Gemm heads_gemm(int64_t H) {
   return g;
 }
 
+bool fused_head_width(int64_t Dh) { return Dh == 32 || Dh == 64; }
+
+// One block per (b, h, tile of `rows`), as the fused kernels index them; gridDim.x is limited.
+Status fused_grid(int64_t B, int64_t N, int64_t H, int64_t rows, int64_t* tiles, unsigned* blocks) {
+  *tiles = (N + rows - 1) / rows;
+  const int64_t n = B * H * *tiles;
+  if (n > 0x7fffffff)
+    return InvalidArgument("attention: " + std::to_string(n) +
+                           " blocks of fused attention exceed the grid limit (2^31 - 1)");
+  *blocks = static_cast<unsigned>(n);
+  return Status::Ok();
+}
+
+template <int Dh>
+Status fused_forward(CudaBackend& be, const float* qkv, float* out, float* saved, int64_t B,
+                     int64_t N, int64_t H, float scale) {
+  int64_t tiles = 0;
+  unsigned blocks = 0;
+  RA_RETURN_IF_ERROR(fused_grid(B, N, H, flash::kForwardRows, &tiles, &blocks));
+  float* lse = saved;
+  float* o_copy = saved ? saved + B * H * N : nullptr;
+  flash::forward_kernel<Dh><<<blocks, flash::kThreads, 0, be.stream()>>>(qkv, out, lse, o_copy, N,
+                                                                          H, tiles, scale);
+  return be.launched("attention_forward (fused)");
+}
+
+template <int Dh>
+Status fused_backward(CudaBackend& be, const float* d_out, const float* qkv, const float* saved,
+                      float* d_qkv, int64_t B, int64_t N, int64_t H, float scale) {
+  int64_t tiles = 0;
+  unsigned blocks = 0;
+  RA_RETURN_IF_ERROR(fused_grid(B, N, H, flash::kTile, &tiles, &blocks));
+  const float* lse = saved;
+  const float* o = saved + B * H * N;
+  void* tmp = nullptr;
+  RA_RETURN_IF_ERROR(be.scratch(static_cast<size_t>(B * H * N) * sizeof(float), &tmp));
+  float* delta = static_cast<float*>(tmp);
+  const int64_t rows = B * N * H;
+  flash::row_dot_kernel<Dh><<<be.blocks_for(rows * 32), 256, 0, be.stream()>>>(d_out, o, delta, N,
+                                                                               H, rows);
+  RA_RETURN_IF_ERROR(be.launched("attention_backward (fused, rowsum(dO * O))"));
+  flash::backward_kv_kernel<Dh><<<blocks, flash::kThreads, 0, be.stream()>>>(
+      qkv, d_out, lse, delta, d_qkv, N, H, tiles, scale);
+  RA_RETURN_IF_ERROR(be.launched("attention_backward (fused, dK and dV)"));
+  flash::backward_q_kernel<Dh><<<blocks, flash::kThreads, 0, be.stream()>>>(
+      qkv, d_out, lse, delta, d_qkv, N, H, tiles, scale);
+  return be.launched("attention_backward (fused, dQ)");
+}
+
 }  // namespace
 
-Status CudaBackend::attention_forward(const float* qkv, float* out, float* probs, int64_t B,
+int64_t CudaBackend::attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh) const {
+  return fused_head_width(Dh) ? B * H * N + B * N * H * Dh : B * H * N * N;
+}
+
+Status CudaBackend::attention_forward(const float* qkv, float* out, float* saved, int64_t B,
                                       int64_t N, int64_t H, int64_t Dh) {
   RA_CUDA_ENTRY();
   if (B <= 0 || N <= 0 || H <= 0 || Dh <= 0) return Status::Ok();
   const int64_t D = H * Dh, ld = 3 * D, NN = N * N;
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));  // the CPU's float expression
+  if (Dh == 32) return fused_forward<32>(*this, qkv, out, saved, B, N, H, scale);
+  if (Dh == 64) return fused_forward<64>(*this, qkv, out, saved, B, N, H, scale);
+  float* probs = saved;
   // Without probs the scores live in scratch, a chunk of samples at a time.
   const int64_t per_sample = H * NN * static_cast<int64_t>(sizeof(float));
   const int64_t chunk =
@@ -115,13 +178,16 @@ Status CudaBackend::attention_forward(const float* qkv, float* out, float* probs
 
 // With p = softmax(s):  dv = pᵀ do,  dp = do vᵀ,  ds = p ⊙ (dp − rowsum(dp ⊙ p)),
 // dq = scale · ds k,  dk = scale · dsᵀ q. Every element of d_qkv is written (beta = 0).
-Status CudaBackend::attention_backward(const float* d_out, const float* qkv, const float* probs,
+Status CudaBackend::attention_backward(const float* d_out, const float* qkv, const float* saved,
                                        float* d_qkv, int64_t B, int64_t N, int64_t H,
                                        int64_t Dh) {
   RA_CUDA_ENTRY();
   if (B <= 0 || N <= 0 || H <= 0 || Dh <= 0) return Status::Ok();
   const int64_t D = H * Dh, ld = 3 * D, NN = N * N;
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
+  if (Dh == 32) return fused_backward<32>(*this, d_out, qkv, saved, d_qkv, B, N, H, scale);
+  if (Dh == 64) return fused_backward<64>(*this, d_out, qkv, saved, d_qkv, B, N, H, scale);
+  const float* probs = saved;
   const int64_t per_sample = H * NN * static_cast<int64_t>(sizeof(float));
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(B, kScoreScratchBytes / per_sample));
   void* tmp = nullptr;
