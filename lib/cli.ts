@@ -122,7 +122,8 @@ metadata (model and adapter config, class names, base fingerprint).`,
 Pretrains a small ViT on five Fashion-MNIST classes (cached after the first run), adapts it to the
 other five with RepAdapter, a linear probe and full fine-tuning, folds and checks the result.
   --data <dir>            Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)
-  --fresh                 pretrain again even if a cached backbone exists`,
+  --fresh                 pretrain again even if a cached backbone exists
+  --dtype <float32|bf16>  precision of the adapted models' Linears (default float32)`,
 };
 
 function parse(command: string, argv: string[], options: Options, positionals = false) {
@@ -394,10 +395,11 @@ async function info(argv: string[]): Promise<number> {
 }
 
 async function demo(argv: string[]): Promise<number> {
-  const { values } = parse('demo', argv, { data: { type: 'string' }, fresh: { type: 'boolean' } });
+  const { values } = parse('demo', argv, { data: { type: 'string' }, fresh: { type: 'boolean' }, dtype: { type: 'string', default: 'float32' } });
   if (values.help) return help('demo');
+  const { dtype } = runtime({ ...values, device: 'cpu' });
   const { runDemo } = await import('./demo.js');
-  await runDemo({ dataDir: values.data as string | undefined, fresh: Boolean(values.fresh) });
+  await runDemo({ dataDir: values.data as string | undefined, fresh: Boolean(values.fresh), dtype });
   return 0;
 }
 

@@ -36,6 +36,8 @@ export interface DemoOptions {
   outDir?: string;
   /** Pretrain again even when a cached backbone exists. */
   fresh?: boolean;
+  /** Precision of the adapted models' backbone Linears (pretraining is float32 either way). */
+  dtype?: 'float32' | 'bf16';
   log?: (line: string) => void;
 }
 
@@ -135,6 +137,10 @@ export async function runDemo(options: DemoOptions = {}): Promise<void> {
 
   // ---- 2. three ways to adapt it -------------------------------------------------------------------
   log(`\n2. adapting to a new task: ${names(ADAPT.classes)} — ${adaptTrain.length} training images, ${adaptTest.length} test images`);
+  if (options.dtype === 'bf16') {
+    using probe = ViT.create(BACKBONE, { dtype: 'bf16' });
+    log(`   in bf16 (the backbone's Linears; ${probe.bf16Native ? 'bf16 hardware' : 'emulated: this CPU has no bf16 dot products, so slower than float32'})`);
+  }
   const methods = [
     { name: 'RepAdapter (attn, h=8, g=2)', trainable: 'adapters' as const, adapter: { placement: 'attn' as const, hidden: 8, groups: 2, scale: 1, dropout: 0.1 }, lr: 1e-3 },
     { name: 'linear probe', trainable: 'head' as const, adapter: null, lr: 1e-3 },
@@ -143,7 +149,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<void> {
   const results: { name: string; trainable: number; total: number; top1: number; seconds: number }[] = [];
   let adapted: ViT | null = null;
   for (const m of methods) {
-    const model = ViT.create({ ...BACKBONE, numClasses: ADAPT.classes.length, dropPath: 0.1, adapter: m.adapter, trainable: m.trainable }, { seed: 2 });
+    const model = ViT.create({ ...BACKBONE, numClasses: ADAPT.classes.length, dropPath: 0.1, adapter: m.adapter, trainable: m.trainable }, { seed: 2, dtype: options.dtype ?? 'float32' });
     // The backbone's weights; the head is new (other classes) and the adapters start as identity.
     const weights = new Map([...backboneWeights].filter(([name]) => !name.startsWith('head.')));
     model.loadStateDict(weights, { strict: false });
@@ -191,7 +197,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<void> {
   }
   const foldedBatch = latency(model, images, 15);
   const foldedOne = latency(model, one, 50);
-  using plain = ViT.create({ ...BACKBONE, numClasses: ADAPT.classes.length });
+  using plain = ViT.create({ ...BACKBONE, numClasses: ADAPT.classes.length }, { dtype: options.dtype ?? 'float32' });
   plain.loadStateDict(model.stateDict());
   const plainBatch = latency(plain, images, 15);
   const plainOne = latency(plain, one, 50);
