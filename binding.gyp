@@ -9,6 +9,7 @@
         "native/cpu/gemm.cc",
         "native/cpu/embed.cc",
         "native/cpu/layernorm.cc",
+        "native/cpu/layernorm_adapter.cc",
         "native/cpu/gelu.cc",
         "native/cpu/attention.cc",
         "native/cpu/adapter.cc",

@@ -142,6 +142,22 @@ class Backend {
   virtual Status adapter_up_backward(const float* dy, const float* z, const float* w, float* dz,
                                      float* dw, float* db, int64_t M, int64_t D, int64_t R,
                                      int64_t G, float scale) = 0;
+  // LayerNorm and the RepAdapter that reads it, in one pass per row (forward only; backward is
+  // layernorm_backward and the adapter ops above):
+  //   a = LN(x; ln_w, ln_b, eps),  z = dropout(A a + a_bias),  u = a + s · (B̂ z + up_b),
+  // exactly layernorm_forward, the down-projection gemm, dropout_forward (mask
+  // uniform01(seed, stream, i) ≥ p on z's flat index i = m·R + r; p = 0: no dropout) and
+  // adapter_up_forward composed, up to float rounding.
+  // x: [M, D] with rows ldx apart; A (conv_A): [R, D]; a_bias: [R]; up_w (conv_B): [D, R/G];
+  // up_b: [D]. Outputs: u [M, D]; z [M, R]; a [M, D], mean [M], rstd [M] only where given
+  // (what backward reads), else null. No output may alias x.
+  virtual Status layernorm_adapter_forward(const float* x, int64_t ldx, const float* ln_w,
+                                           const float* ln_b, float eps, const float* A,
+                                           const float* a_bias, const float* up_w,
+                                           const float* up_b, float scale, float p,
+                                           uint64_t seed, uint64_t stream, float* a, float* z,
+                                           float* u, float* mean, float* rstd, int64_t M,
+                                           int64_t D, int64_t R, int64_t G) = 0;
   // Structural re-parameterisation into the Linear (W [O, D], c [O]) that reads the adapter:
   //   W ← W + s · (W B̂) A,   c ← c + s · W (B̂ a + b)      (low rank, no D×D matrix)
   // A (conv_A): [R, D]; a: [R]; w (conv_B): [D, R/G]; b: [D].

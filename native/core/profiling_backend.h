@@ -100,6 +100,15 @@ class ProfilingBackend final : public Backend {
     return time("adapter_up_backward", 4.0 * M * D * R / G,
                 [&] { return inner_.adapter_up_backward(dy, z, w, dz, dw, db, M, D, R, G, scale); });
   }
+  Status layernorm_adapter_forward(const float* x, int64_t ldx, const float* ln_w, const float* ln_b, float eps,
+                                   const float* A, const float* a_bias, const float* up_w, const float* up_b,
+                                   float scale, float p, uint64_t seed, uint64_t stream, float* a, float* z, float* u,
+                                   float* mean, float* rstd, int64_t M, int64_t D, int64_t R, int64_t G) override {
+    return time("layernorm_adapter_forward", 2.0 * M * D * R + 2.0 * M * D * R / G, [&] {
+      return inner_.layernorm_adapter_forward(x, ldx, ln_w, ln_b, eps, A, a_bias, up_w, up_b, scale, p, seed, stream,
+                                              a, z, u, mean, rstd, M, D, R, G);
+    });
+  }
   Status adapter_fold(float* W, float* c, const float* A, const float* a, const float* w, const float* b, int64_t O,
                       int64_t D, int64_t R, int64_t G, float scale) override {
     return time("adapter_fold", 0, [&] { return inner_.adapter_fold(W, c, A, a, w, b, O, D, R, G, scale); });

@@ -61,6 +61,12 @@ class CpuBackend final : public Backend {
   Status adapter_up_backward(const float* dy, const float* z, const float* w, float* dz,
                              float* dw, float* db, int64_t M, int64_t D, int64_t R, int64_t G,
                              float scale) override;
+  Status layernorm_adapter_forward(const float* x, int64_t ldx, const float* ln_w,
+                                   const float* ln_b, float eps, const float* A,
+                                   const float* a_bias, const float* up_w, const float* up_b,
+                                   float scale, float p, uint64_t seed, uint64_t stream, float* a,
+                                   float* z, float* u, float* mean, float* rstd, int64_t M,
+                                   int64_t D, int64_t R, int64_t G) override;
   Status adapter_fold(float* W, float* c, const float* A, const float* a, const float* w,
                       const float* b, int64_t O, int64_t D, int64_t R, int64_t G,
                       float scale) override;

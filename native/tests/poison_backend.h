@@ -123,6 +123,20 @@ class PoisonBackend final : public Backend {
     if (dz) RA_RETURN_IF_ERROR(poison(dz, M * R));
     return inner_.adapter_up_backward(dy, z, w, dz, dw, db, M, D, R, G, scale);
   }
+  Status layernorm_adapter_forward(const float* x, int64_t ldx, const float* ln_w,
+                                   const float* ln_b, float eps, const float* A,
+                                   const float* a_bias, const float* up_w, const float* up_b,
+                                   float scale, float p, uint64_t seed, uint64_t stream, float* a,
+                                   float* z, float* u, float* mean, float* rstd, int64_t M,
+                                   int64_t D, int64_t R, int64_t G) override {
+    RA_RETURN_IF_ERROR(poison(u, M * D));
+    RA_RETURN_IF_ERROR(poison(z, M * R));
+    if (a) RA_RETURN_IF_ERROR(poison(a, M * D));
+    if (mean) RA_RETURN_IF_ERROR(poison(mean, M));
+    if (rstd) RA_RETURN_IF_ERROR(poison(rstd, M));
+    return inner_.layernorm_adapter_forward(x, ldx, ln_w, ln_b, eps, A, a_bias, up_w, up_b, scale,
+                                            p, seed, stream, a, z, u, mean, rstd, M, D, R, G);
+  }
   Status adapter_fold(float* W, float* c, const float* A, const float* a, const float* w,
                       const float* b, int64_t O, int64_t D, int64_t R, int64_t G,
                       float scale) override {
