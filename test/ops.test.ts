@@ -134,3 +134,46 @@ test('the fold op equals the adapter followed by the Linear', (t) => {
   const viaFold = native.runOp('linear', { M, in: D, out: O }, { x, w: folded.W, b: folded.c }).y;
   t.true(relErr(viaFold, viaAdapter) < 1e-6);
 });
+
+test('layernorm_adapter (forward only) equals layernorm then adapter: dropout on and off, groups 1/2/4, strided rows', (t) => {
+  const random = rng(17);
+  const M = 9, D = 16, R = 8, eps = 1e-6, scale = 0.8, dropout = 0.3, seed = 21;
+  for (const G of [1, 2, 4])
+    for (const ldx of [D, D + 5])
+      for (const [train, keep] of [[1, 1], [1, 0], [0, 0]]) {
+        const label = `G=${G} ldx=${ldx} train=${train} keep=${keep}`;
+        const strided = randn(random, M * ldx, 2);
+        for (let i = 0; i < strided.length; i++) strided[i] += 1.5;  // a mean to remove
+        const x = new Float32Array(M * D);
+        for (let m = 0; m < M; m++) x.set(strided.subarray(m * ldx, m * ldx + D), m * D);
+        const norm = { ln_w: randn(random, D, 0.3).map((v) => v + 1), ln_b: randn(random, D, 0.3) };
+        const adapter = { A: randn(random, R * D, 0.5), a: randn(random, R, 0.3), Bw: randn(random, D * (R / G), 0.5), b: randn(random, D, 0.3) };
+        const fused = native.runOp(
+          'layernorm_adapter',
+          { M, D, R, G, ldx, eps, scale, dropout, train, seed, keep },
+          { x: strided, ...norm, ...adapter },
+        );
+        const a = native.runOp('layernorm', { M, D, eps }, { x, w: norm.ln_w, b: norm.ln_b }).y;
+        const composed = native.runOp('adapter', { M, D, R, G, scale, dropout, train, seed }, { x: a, ...adapter });
+        t.true(relErr(fused.u, composed.y) <= 1e-6, `${label}: u ${relErr(fused.u, composed.y)}`);
+        t.true(relErr(fused.z, composed.z) <= 1e-6, `${label}: z ${relErr(fused.z, composed.z)}`);
+        const dropped = fused.z.filter((v) => v === 0).length;
+        t.true(train ? dropped > 0 && dropped < M * R : dropped === 0, `${label}: ${dropped} of z dropped`);
+        if (!keep) {
+          t.deepEqual(Object.keys(fused).sort(), ['u', 'z'], `${label}: nothing kept for backward`);
+          continue;
+        }
+        t.true(relErr(fused.a_out, a) <= 1e-6, `${label}: a ${relErr(fused.a_out, a)}`);
+        const mean = new Float32Array(M), rstd = new Float32Array(M);
+        for (let m = 0; m < M; m++) {
+          let s = 0, q = 0;
+          for (let d = 0; d < D; d++) s += x[m * D + d];
+          const mu = s / D;
+          for (let d = 0; d < D; d++) q += (x[m * D + d] - mu) ** 2;
+          mean[m] = mu;
+          rstd[m] = 1 / Math.sqrt(q / D + eps);
+        }
+        t.true(relErr(fused.mean, mean) <= 1e-6, `${label}: mean ${relErr(fused.mean, mean)}`);
+        t.true(relErr(fused.rstd, rstd) <= 1e-6, `${label}: rstd ${relErr(fused.rstd, rstd)}`);
+      }
+});

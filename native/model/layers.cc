@@ -48,6 +48,16 @@ Status adapter_forward(Backend& be, const AdapterRef& p, const float* x, float* 
   return be.adapter_up_forward(x, z, p.up_w, p.up_b, y, M, p.D, p.R, p.G, p.scale);
 }
 
+Status layernorm_adapter_forward(Backend& be, const float* x, int64_t ldx, const float* w,
+                                 const float* b, float eps, const AdapterRef& p, float* a,
+                                 float* z, float* u, float* mean, float* rstd, int64_t M,
+                                 bool train, uint64_t seed, uint64_t stream) {
+  const float dropout = train ? p.dropout : 0.0f;
+  return be.layernorm_adapter_forward(x, ldx, w, b, eps, p.down.w, p.down.b, p.up_w, p.up_b,
+                                      p.scale, dropout, seed, stream, a, z, u, mean, rstd, M, p.D,
+                                      p.R, p.G);
+}
+
 Status adapter_backward(Backend& be, const AdapterRef& p, const float* x, const float* z,
                         float* d, float* dz, int64_t M, bool train, uint64_t seed,
                         uint64_t stream) {

@@ -35,6 +35,14 @@ struct AdapterRef {
 // z [M, R] keeps dropout(A x + a) for backward; y [M, D] must not alias x.
 Status adapter_forward(Backend& be, const AdapterRef& p, const float* x, float* z, float* y,
                        int64_t M, bool train, uint64_t seed, uint64_t stream);
+// a = LayerNorm(x; w, b, eps) and the adapter on it, u = a + s·(B̂ · dropout(A a + conv_A's
+// bias) + b), in one backend op: adapter_forward after layernorm_forward, one pass over the rows.
+// x: [M, D] rows ldx apart; z [M, R] as adapter_forward keeps it; a [M, D], mean and rstd [M]
+// are written only where given (what backward reads), else null.
+Status layernorm_adapter_forward(Backend& be, const float* x, int64_t ldx, const float* w,
+                                 const float* b, float eps, const AdapterRef& p, float* a,
+                                 float* z, float* u, float* mean, float* rstd, int64_t M,
+                                 bool train, uint64_t seed, uint64_t stream);
 // d holds dy on entry and dx on return (the skip passes dy through, the low-rank path adds);
 // dz [M, R] is scratch.
 Status adapter_backward(Backend& be, const AdapterRef& p, const float* x, const float* z,

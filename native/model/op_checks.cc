@@ -163,7 +163,7 @@ const std::map<std::string, OpFn>& registry() {
        AdapterRef p{{c.buf["A"], c.buf["a"], nullptr, nullptr, R, D}, c.buf["Bw"], c.buf["b"], nullptr, nullptr,
                     D, R, G, c.f("scale", 1.0f), c.f("dropout")};
        RA_RETURN_IF_ERROR(adapter_forward(c.be, p, c.buf["x"], c.buf["z"], c.buf["y"], M, train, seed, 7));
-       RA_RETURN_IF_ERROR(c.get({"y"}));
+       RA_RETURN_IF_ERROR(c.get({"y", "z"}));  // z: what backward reads, after dropout
        if (!c.dout) return Status::Ok();
        RA_RETURN_IF_ERROR(c.grad_of("y", M * D));
        for (auto [n, size] : {std::pair<const char*, int64_t>{"d_A", R * D}, {"d_a", R}, {"d_Bw", D * (R / G)},
@@ -179,6 +179,33 @@ const std::map<std::string, OpFn>& registry() {
        (*c.out)["d_x"] = std::move((*c.out)["dy_y"]);
        c.out->erase("dy_y");
        return c.get({"d_A", "d_a", "d_Bw", "d_b"});
+     }},
+    // x [M, ldx] (ldx ≥ D, default D), ln_w, ln_b [D], adapter A [R,D], a [R], Bw [D,R/G], b [D]
+    // → u [M,D], z [M,R]; with keep: 1 also a [M,D], mean, rstd [M]. Forward only: the model's
+    // backward runs layernorm's and the adapter's.
+    {"layernorm_adapter", [](Context& c) {
+       const int64_t M = c.i("M"), D = c.i("D"), R = c.i("R"), G = c.i("G");
+       const int64_t ldx = c.attrs.count("ldx") ? c.i("ldx") : D;
+       const bool train = c.i("train") != 0, keep = c.i("keep") != 0;
+       if (c.dout) return InvalidArgument("layernorm_adapter is forward only (backward: layernorm's and adapter's)");
+       if (G <= 0 || R % G != 0 || ldx < D) return InvalidArgument("layernorm_adapter: needs G | R and ldx >= D");
+       RA_RETURN_IF_ERROR(c.inputs({{"x", M * ldx}, {"ln_w", D}, {"ln_b", D}, {"A", R * D}, {"a", R},
+                                    {"Bw", D * (R / G)}, {"b", D}}));
+       RA_RETURN_IF_ERROR(c.zeros("u", M * D));
+       RA_RETURN_IF_ERROR(c.zeros("z", M * R));
+       if (keep) {
+         RA_RETURN_IF_ERROR(c.zeros("a_out", M * D));
+         RA_RETURN_IF_ERROR(c.zeros("mean", M));
+         RA_RETURN_IF_ERROR(c.zeros("rstd", M));
+       }
+       AdapterRef p{{c.buf["A"], c.buf["a"], nullptr, nullptr, R, D}, c.buf["Bw"], c.buf["b"], nullptr, nullptr,
+                    D, R, G, c.f("scale", 1.0f), c.f("dropout")};
+       RA_RETURN_IF_ERROR(layernorm_adapter_forward(
+           c.be, c.buf["x"], ldx, c.buf["ln_w"], c.buf["ln_b"], c.f("eps", 1e-6f), p, keep ? c.buf["a_out"] : nullptr,
+           c.buf["z"], c.buf["u"], keep ? c.buf["mean"] : nullptr, keep ? c.buf["rstd"] : nullptr, M, train,
+           static_cast<uint64_t>(c.i("seed")), 7));
+       RA_RETURN_IF_ERROR(c.get({"u", "z"}));
+       return keep ? c.get({"a_out", "mean", "rstd"}) : Status::Ok();
      }},
     {"patch_embed", [](Context& c) {  // images [B,3,S,S], w [D,Q], b [D] → y [B·P, D]
        const int64_t B = c.i("B"), S = c.i("S"), p = c.i("p"), D = c.i("D");

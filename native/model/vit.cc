@@ -430,6 +430,9 @@ Status ViT::forward(const float* images_host, int64_t B, bool train, bool want_i
   RA_RETURN_IF_ERROR(backend_.tokens_forward(embedded_, cls_->data, pos_->data, saved_[0].x_in, B, P, D));
 
   std::vector<float> keep_host(B);
+  // Where an adapter follows a norm, backward reads the norm's output only for conv_A's weight
+  // gradient (the next Linear reads u): the fused op skips writing it otherwise.
+  const bool keep_norm_out = plan_.keep && c.trainable != Trainable::kHead;
   for (int64_t i = 0; i < c.depth; ++i) {
     const Block& k = blocks_[i];
     Saved& s = saved_[i];
@@ -445,12 +448,15 @@ Status ViT::forward(const float* images_host, int64_t B, bool train, bool want_i
     }
 
     // Attention branch: x_mid = x_in + drop_path(proj(attn(qkv(adapter(norm1(x_in)))))).
-    RA_RETURN_IF_ERROR(backend_.layernorm_forward(s.x_in, D, k.norm1.w->data, k.norm1.b->data, s.a1, D,
-                                                  s.mean1, s.rstd1, M, D, c.ln_eps));
     const float* qkv_in = s.a1;
     if (k.adapter_attn.A) {
-      RA_RETURN_IF_ERROR(adapter_forward(backend_, ref(k.adapter_attn), s.a1, s.z1, s.u1, M, train, seed_, dropout_stream(i, 0)));
+      RA_RETURN_IF_ERROR(layernorm_adapter_forward(backend_, s.x_in, D, k.norm1.w->data, k.norm1.b->data, c.ln_eps,
+                                                   ref(k.adapter_attn), keep_norm_out ? s.a1 : nullptr, s.z1, s.u1,
+                                                   s.mean1, s.rstd1, M, train, seed_, dropout_stream(i, 0)));
       qkv_in = s.u1;
+    } else {
+      RA_RETURN_IF_ERROR(backend_.layernorm_forward(s.x_in, D, k.norm1.w->data, k.norm1.b->data, s.a1, D,
+                                                    s.mean1, s.rstd1, M, D, c.ln_eps));
     }
     RA_RETURN_IF_ERROR(linear_forward(backend_, qkv_in, M, ref(k.qkv), s.qkv));
     RA_RETURN_IF_ERROR(backend_.attention_forward(s.qkv, s.o, s.probs, B, N, c.heads, c.head_dim()));
@@ -463,12 +469,15 @@ Status ViT::forward(const float* images_host, int64_t B, bool train, bool want_i
     }
 
     // MLP branch: x_out = x_mid + drop_path(fc2(gelu(fc1(adapter(norm2(x_mid)))))).
-    RA_RETURN_IF_ERROR(backend_.layernorm_forward(s.x_mid, D, k.norm2.w->data, k.norm2.b->data, s.a2, D,
-                                                  s.mean2, s.rstd2, M, D, c.ln_eps));
     const float* fc1_in = s.a2;
     if (k.adapter_mlp.A) {
-      RA_RETURN_IF_ERROR(adapter_forward(backend_, ref(k.adapter_mlp), s.a2, s.z2, s.u2, M, train, seed_, dropout_stream(i, 1)));
+      RA_RETURN_IF_ERROR(layernorm_adapter_forward(backend_, s.x_mid, D, k.norm2.w->data, k.norm2.b->data, c.ln_eps,
+                                                   ref(k.adapter_mlp), keep_norm_out ? s.a2 : nullptr, s.z2, s.u2,
+                                                   s.mean2, s.rstd2, M, train, seed_, dropout_stream(i, 1)));
       fc1_in = s.u2;
+    } else {
+      RA_RETURN_IF_ERROR(backend_.layernorm_forward(s.x_mid, D, k.norm2.w->data, k.norm2.b->data, s.a2, D,
+                                                    s.mean2, s.rstd2, M, D, c.ln_eps));
     }
     // Backward reads GELU's input; without backward, GELU runs in place on fc1's output.
     float* fc1_out = plan_.keep ? s.h : s.g;

@@ -108,6 +108,16 @@ bool make_case(const std::string& op, const OpAttrs& attrs, double tol, uint64_t
     in["Bw"] = g.uniform(D * (R / G), -0.5f, 0.5f);
     in["b"] = g.uniform(D, -0.5f, 0.5f);
     dy["y"] = g.uniform(M * D, -1, 1);
+  } else if (op == "layernorm_adapter") {  // forward only: no output gradients
+    const int64_t M = at("M"), D = at("D"), R = at("R"), G = at("G");
+    const int64_t ldx = attrs.count("ldx") ? at("ldx") : D;
+    in["x"] = g.uniform(M * ldx, -2, 3);
+    in["ln_w"] = g.uniform(D, 0.5f, 1.5f);
+    in["ln_b"] = g.uniform(D, -0.5f, 0.5f);
+    in["A"] = g.uniform(R * D, -0.3f, 0.3f);
+    in["a"] = g.uniform(R, -0.3f, 0.3f);
+    in["Bw"] = g.uniform(D * (R / G), -0.5f, 0.5f);
+    in["b"] = g.uniform(D, -0.5f, 0.5f);
   } else if (op == "patch_embed") {
     const int64_t B = at("B"), S = at("S"), p = at("p"), D = at("D");
     const int64_t P = (S / p) * (S / p), Q = 3 * p * p;
@@ -214,6 +224,19 @@ std::vector<std::pair<OpAttrs, double>> shapes(const std::string& op, bool large
     add({{"M", 40}, {"D", 64}, {"R", 8}, {"G", 4}, {"scale", 0.1}, {"train", 1}, {"dropout", 0.1}, {"seed", 7}}, 1e-5);
     if (large)
       add({{"M", 1576}, {"D", 768}, {"R", 8}, {"G", 2}, {"scale", 0.1}, {"train", 1}, {"dropout", 0.1}, {"seed", 3}}, 2e-5);
+  } else if (op == "layernorm_adapter") {
+    add({{"M", 9}, {"D", 12}, {"R", 4}, {"G", 2}, {"scale", 0.7}, {"train", 0}, {"keep", 0}}, 1e-5);
+    add({{"M", 9}, {"D", 12}, {"R", 4}, {"G", 1}, {"scale", 1.0}, {"train", 1}, {"dropout", 0.25}, {"seed", 42},
+         {"keep", 1}, {"eps", 1e-5}}, 1e-5);
+    // Strided rows and D not a multiple of 32 (lanes idle in the last pass over a row).
+    add({{"M", 300}, {"D", 72}, {"R", 8}, {"G", 4}, {"ldx", 77}, {"scale", 0.1}, {"train", 1}, {"dropout", 0.1},
+         {"seed", 7}, {"keep", 1}}, 1e-5);
+    // More rows than the grid has warps (132 SMs · 16 blocks · 4 warps on an H100): warps loop.
+    add({{"M", 9000}, {"D", 40}, {"R", 8}, {"G", 2}, {"scale", 0.5}, {"train", 1}, {"dropout", 0.2}, {"seed", 11},
+         {"keep", 1}}, 1e-5);
+    if (large)
+      add({{"M", 1576}, {"D", 768}, {"R", 8}, {"G", 2}, {"scale", 0.1}, {"train", 1}, {"dropout", 0.1}, {"seed", 3},
+           {"keep", 1}}, 2e-5);
   } else if (op == "patch_embed") {
     add({{"B", 2}, {"S", 8}, {"p", 4}, {"D", 6}}, 1e-5);
     add({{"B", 2}, {"S", 10}, {"p", 4}, {"D", 6}}, 1e-5);  // a border patchify never reads
