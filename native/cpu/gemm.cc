@@ -15,6 +15,7 @@
 #include <unordered_map>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -187,13 +188,25 @@ Status bf16_gemm(CpuBackend& be, const Gemm& g) {
   dense.stride_a = a_batches > 1 ? a_rows * a_cols : 0;
   const size_t a_n = static_cast<size_t>(a_batches * a_rows * a_cols);
   if (be.bf16_native()) {
-    thread_local std::vector<uint16_t> a16;
-    if (a16.size() < a_n) a16.resize(a_n);
-    densify(g.A, a_batches, a_rows, a_cols, g.lda, g.stride_a, a16.data(), bf16_from_float);
+    // A layout oneDNN has no bf16 kernel for falls back to the emulation below, which gives the
+    // same numbers; the refusal is remembered, as trying costs as much as a small product.
+    static std::mutex mutex;
+    static std::set<Key> refused;
     const Key key = key_of(dense, true);
+    bool known_refused;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      known_refused = refused.count(key) != 0;
+    }
     const Compiled* c = nullptr;
-    RA_RETURN_IF_ERROR(compile(dense, key, &c));
-    return execute(dense, *c, a16.data(), g.B_bf16);
+    if (!known_refused && compile(dense, key, &c).ok()) {
+      thread_local std::vector<uint16_t> a16;
+      if (a16.size() < a_n) a16.resize(a_n);
+      densify(g.A, a_batches, a_rows, a_cols, g.lda, g.stride_a, a16.data(), bf16_from_float);
+      return execute(dense, *c, a16.data(), g.B_bf16);
+    }
+    std::lock_guard<std::mutex> lock(mutex);
+    refused.insert(key);
   }
   thread_local std::vector<float> a32, b32;
   const size_t b_n = static_cast<size_t>(b_batches * b_rows * b_cols);
