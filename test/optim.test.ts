@@ -105,6 +105,25 @@ test('SGD update (native) matches torch.optim.SGD: momentum, dampening, nesterov
   t.log(`max relative error vs torch SGD: ${worst.toExponential(2)}`);
 });
 
+test('one native update over two ranges equals one update per range (AdamW and SGD)', (t) => {
+  const random = rng(17);
+  const n = 1001, k = 377;
+  const part = (x: Float32Array, from: number, to: number) => x.slice(from, to);
+  const join = (a: Float32Array, b: Float32Array) => { const out = new Float32Array(a.length + b.length); out.set(a); out.set(b, a.length); return out; };
+  const inputs = { param: randn(random, n), grad: randn(random, n), m: randn(random, n, 0.1), v: randn(random, n, 0.01).map(Math.abs) };
+  const both = native.runOp('adamw', { n, split: k, lr: 1e-3, weight_decay: 0.05, lr2: 3e-3, weight_decay2: 0, step: 4 }, inputs);
+  const first = native.runOp('adamw', { n: k, lr: 1e-3, weight_decay: 0.05, step: 4 }, Object.fromEntries(Object.entries(inputs).map(([key, x]) => [key, part(x, 0, k)])));
+  const second = native.runOp('adamw', { n: n - k, lr: 3e-3, weight_decay: 0, step: 4 }, Object.fromEntries(Object.entries(inputs).map(([key, x]) => [key, part(x, k, n)])));
+  for (const key of ['param', 'm', 'v']) t.deepEqual(both[key], join(first[key], second[key]), `adamw ${key}`);
+  t.notDeepEqual(first.param, native.runOp('adamw', { n: k, lr: 3e-3, weight_decay: 0, step: 4 }, Object.fromEntries(Object.entries(inputs).map(([key, x]) => [key, part(x, 0, k)]))).param, 'the groups differ');
+
+  const sgdIn = { param: inputs.param, grad: inputs.grad, buf: inputs.m };
+  const sgdBoth = native.runOp('sgd', { n, split: k, lr: 0.1, weight_decay: 1e-3, lr2: 0.01, weight_decay2: 0, momentum: 0.9 }, sgdIn);
+  const sgdFirst = native.runOp('sgd', { n: k, lr: 0.1, weight_decay: 1e-3, momentum: 0.9 }, Object.fromEntries(Object.entries(sgdIn).map(([key, x]) => [key, part(x, 0, k)])));
+  const sgdSecond = native.runOp('sgd', { n: n - k, lr: 0.01, weight_decay: 0, momentum: 0.9 }, Object.fromEntries(Object.entries(sgdIn).map(([key, x]) => [key, part(x, k, n)])));
+  for (const key of ['param', 'buf']) t.deepEqual(sgdBoth[key], join(sgdFirst[key], sgdSecond[key]), `sgd ${key}`);
+});
+
 test('clip coefficient and total norm match torch.nn.utils.clip_grad_norm_', (t) => {
   const { grads, cases } = fixture.clip;
   let sum = 0;

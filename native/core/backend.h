@@ -39,18 +39,25 @@ struct Gemm {
   const uint16_t* B_bf16 = nullptr;
 };
 
-// One optimizer step's hyperparameters for a range of the flat trainable buffer. `step` counts
-// from 1 (Adam's bias correction); grad_scale multiplies the raw gradient first (clipping by
-// global norm, averaging accumulated micro-batches).
+// A slice of the flat parameter / gradient / state buffers that an optimizer step updates with
+// its own learning rate and weight decay (a parameter group, or part of one). Offsets and sizes
+// count floats.
+struct UpdateRange {
+  int64_t offset = 0, n = 0;
+  float lr = 1e-3f, weight_decay = 0.0f;
+};
+
+// One optimizer step's hyperparameters shared by every range. `step` counts from 1 (Adam's bias
+// correction); grad_scale multiplies the raw gradient first (clipping by global norm, averaging
+// accumulated micro-batches).
 struct AdamWStep {
-  float lr = 1e-3f;
   double beta1 = 0.9, beta2 = 0.999;  // double: 1 − β is formed before rounding, as in torch
-  float eps = 1e-8f, weight_decay = 0.0f;
+  float eps = 1e-8f;
   int64_t step = 1;
   float grad_scale = 1.0f;
 };
 struct SgdStep {
-  float lr = 1e-2f, momentum = 0.0f, dampening = 0.0f, weight_decay = 0.0f;
+  float momentum = 0.0f, dampening = 0.0f;
   bool nesterov = false;
   bool first = true;  // the momentum buffer starts as the first gradient (torch.optim.SGD)
   float grad_scale = 1.0f;
@@ -183,15 +190,17 @@ class Backend {
                                const float* soft_targets, float smoothing, float* loss,
                                float* d_logits, int64_t B, int64_t C) = 0;
 
-  // ---- optimizer updates, fused over n entries of the flat buffers (cpu/optimizer.cc) -------
+  // ---- optimizer updates: one fused pass over every range of the flat buffers, each range
+  // with its own lr and weight decay; ranges must not overlap (cpu/optimizer.cc) ----------------
   // AdamW exactly as torch.optim.AdamW: p ← p·(1 − lr·wd); m ← β1·m + (1−β1)·g;
   // v ← β2·v + (1−β2)·g²; p ← p − lr·(m/(1−β1ᵗ)) / (√(v/(1−β2ᵗ)) + eps).
-  virtual Status adamw_update(float* param, const float* grad, float* m, float* v, int64_t n,
-                              const AdamWStep& s) = 0;
+  virtual Status adamw_update(float* param, const float* grad, float* m, float* v,
+                              const UpdateRange* ranges, int64_t count, const AdamWStep& s) = 0;
   // SGD exactly as torch.optim.SGD: g ← g + wd·p; buf ← momentum·buf + (1−dampening)·g (buf ← g
-  // on the first step); g ← nesterov ? g + momentum·buf : buf; p ← p − lr·g.
-  virtual Status sgd_update(float* param, const float* grad, float* buf, int64_t n,
-                            const SgdStep& s) = 0;
+  // on the first step); g ← nesterov ? g + momentum·buf : buf; p ← p − lr·g. buf may be null
+  // without momentum.
+  virtual Status sgd_update(float* param, const float* grad, float* buf,
+                            const UpdateRange* ranges, int64_t count, const SgdStep& s) = 0;
   // Σ x² in float64, written to host memory (the global norm for gradient clipping).
   virtual Status sum_squares(const float* x, int64_t n, double* host_out) = 0;
 };

@@ -124,11 +124,13 @@ class ProfilingBackend final : public Backend {
     return time("cross_entropy", 0,
                 [&] { return inner_.cross_entropy(logits, labels, soft, smoothing, loss, d_logits, B, C); });
   }
-  Status adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWStep& s) override {
-    return time("optimizer", 0, [&] { return inner_.adamw_update(p, g, m, v, n, s); });
+  Status adamw_update(float* p, const float* g, float* m, float* v, const UpdateRange* ranges, int64_t count,
+                      const AdamWStep& s) override {
+    return time("optimizer", 0, [&] { return inner_.adamw_update(p, g, m, v, ranges, count, s); });
   }
-  Status sgd_update(float* p, const float* g, float* buf, int64_t n, const SgdStep& s) override {
-    return time("optimizer", 0, [&] { return inner_.sgd_update(p, g, buf, n, s); });
+  Status sgd_update(float* p, const float* g, float* buf, const UpdateRange* ranges, int64_t count,
+                    const SgdStep& s) override {
+    return time("optimizer", 0, [&] { return inner_.sgd_update(p, g, buf, ranges, count, s); });
   }
   Status sum_squares(const float* x, int64_t n, double* out) override {
     return time("sum_squares", 0, [&] { return inner_.sum_squares(x, n, out); });

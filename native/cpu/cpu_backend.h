@@ -80,10 +80,10 @@ class CpuBackend final : public Backend {
                        float smoothing, float* loss, float* d_logits, int64_t B,
                        int64_t C) override;
 
-  Status adamw_update(float* param, const float* grad, float* m, float* v, int64_t n,
-                      const AdamWStep& s) override;
-  Status sgd_update(float* param, const float* grad, float* buf, int64_t n,
-                    const SgdStep& s) override;
+  Status adamw_update(float* param, const float* grad, float* m, float* v,
+                      const UpdateRange* ranges, int64_t count, const AdamWStep& s) override;
+  Status sgd_update(float* param, const float* grad, float* buf, const UpdateRange* ranges,
+                    int64_t count, const SgdStep& s) override;
   Status sum_squares(const float* x, int64_t n, double* host_out) override;
 };
 

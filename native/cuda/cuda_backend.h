@@ -107,10 +107,10 @@ class CudaBackend final : public Backend {
                        float smoothing, float* loss, float* d_logits, int64_t B,
                        int64_t C) override;
 
-  Status adamw_update(float* param, const float* grad, float* m, float* v, int64_t n,
-                      const AdamWStep& s) override;
-  Status sgd_update(float* param, const float* grad, float* buf, int64_t n,
-                    const SgdStep& s) override;
+  Status adamw_update(float* param, const float* grad, float* m, float* v,
+                      const UpdateRange* ranges, int64_t count, const AdamWStep& s) override;
+  Status sgd_update(float* param, const float* grad, float* buf, const UpdateRange* ranges,
+                    int64_t count, const SgdStep& s) override;
   Status sum_squares(const float* x, int64_t n, double* host_out) override;
 
   // ---- internals shared by the op files (not part of the Backend interface) ---------------
@@ -131,6 +131,9 @@ class CudaBackend final : public Backend {
   // order and under the backend's lock, so one buffer serves them all; growing it frees the old
   // one, which cudaFree does only after all queued work has finished.
   Status scratch(size_t bytes, void** out);
+  // The optimizer ops' range table in device scratch (optimizer.cu).
+  Status upload_ranges(const UpdateRange* ranges, int64_t count, bool adamw, double bias1,
+                       void** jobs, int64_t* jobs_count, int64_t* total);
   // The status of the kernel launched last: its launch error, or an earlier asynchronous one.
   Status launched(const char* kernel) const;
   // A non-kernel CUDA runtime call's error as a Status naming the call.

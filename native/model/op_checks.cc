@@ -74,6 +74,14 @@ struct Context {
     return buf.put(std::string("dy_") + output, it->second);
   }
   Status zeros(const std::string& name, int64_t n) { return buf.zeros(name, n); }
+  // The optimizer ops' ranges: all n values with lr / weight_decay, or, with split = k, [0, k)
+  // with those and [k, n) with lr2 / weight_decay2 (two parameter groups in one update).
+  std::vector<UpdateRange> ranges(int64_t n, float default_lr) const {
+    const float lr = f("lr", default_lr), wd = f("weight_decay");
+    const int64_t k = i("split");
+    if (k <= 0 || k >= n) return {{0, n, lr, wd}};
+    return {{0, k, lr, wd}, {k, n - k, f("lr2", lr), f("weight_decay2", wd)}};
+  }
   Status get(std::initializer_list<const char*> names) {
     for (const char* n : names) RA_RETURN_IF_ERROR(buf.get(n, out));
     return Status::Ok();
@@ -292,22 +300,25 @@ const std::map<std::string, OpFn>& registry() {
        const int64_t n = c.i("n");
        RA_RETURN_IF_ERROR(c.inputs({{"param", n}, {"grad", n}, {"m", n}, {"v", n}}));
        AdamWStep s;
-       s.lr = c.f("lr", s.lr);
        s.beta1 = c.attrs.count("beta1") ? c.attrs.at("beta1") : s.beta1;
        s.beta2 = c.attrs.count("beta2") ? c.attrs.at("beta2") : s.beta2;
-       s.eps = c.f("eps", s.eps); s.weight_decay = c.f("weight_decay"); s.step = c.i("step");
+       s.eps = c.f("eps", s.eps); s.step = c.i("step");
        s.grad_scale = c.f("grad_scale", 1.0f);
-       RA_RETURN_IF_ERROR(c.be.adamw_update(c.buf["param"], c.buf["grad"], c.buf["m"], c.buf["v"], n, s));
+       const std::vector<UpdateRange> ranges = c.ranges(n, 1e-3f);
+       RA_RETURN_IF_ERROR(c.be.adamw_update(c.buf["param"], c.buf["grad"], c.buf["m"], c.buf["v"], ranges.data(),
+                                            static_cast<int64_t>(ranges.size()), s));
        return c.get({"param", "m", "v"});
      }},
     {"sgd", [](Context& c) {  // param, grad, buf [n] → updated param, buf
        const int64_t n = c.i("n");
        RA_RETURN_IF_ERROR(c.inputs({{"param", n}, {"grad", n}, {"buf", n}}));
        SgdStep s;
-       s.lr = c.f("lr", s.lr); s.momentum = c.f("momentum"); s.dampening = c.f("dampening");
-       s.weight_decay = c.f("weight_decay"); s.nesterov = c.i("nesterov") != 0; s.first = c.i("first") != 0;
+       s.momentum = c.f("momentum"); s.dampening = c.f("dampening");
+       s.nesterov = c.i("nesterov") != 0; s.first = c.i("first") != 0;
        s.grad_scale = c.f("grad_scale", 1.0f);
-       RA_RETURN_IF_ERROR(c.be.sgd_update(c.buf["param"], c.buf["grad"], c.buf["buf"], n, s));
+       const std::vector<UpdateRange> ranges = c.ranges(n, 1e-2f);
+       RA_RETURN_IF_ERROR(c.be.sgd_update(c.buf["param"], c.buf["grad"], c.buf["buf"], ranges.data(),
+                                          static_cast<int64_t>(ranges.size()), s));
        return c.get({"param", "buf"});
      }},
     {"fold", [](Context& c) {  // W [O,D], c [O], adapter (A, a, Bw, b) → folded W, c

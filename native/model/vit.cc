@@ -600,11 +600,20 @@ Status ViT::ensure_optimizer_state(int slots) {
   return Status::Ok();
 }
 
+// Ranges must lie in the buffer and not overlap: the backends update all of them in one pass.
 static Status check_ranges(const std::vector<ViT::UpdateRange>& ranges, int64_t total) {
+  auto text = [](const ViT::UpdateRange& r) {
+    return "[" + std::to_string(r.offset) + ", " + std::to_string(r.offset + r.n) + ")";
+  };
   for (const auto& r : ranges)
     if (r.offset < 0 || r.n < 0 || r.offset + r.n > total)
-      return OutOfRange("optimizer range [" + std::to_string(r.offset) + ", " + std::to_string(r.offset + r.n) +
-                        ") is outside the trainable buffer of " + std::to_string(total) + " values");
+      return OutOfRange("optimizer range " + text(r) + " is outside the trainable buffer of " +
+                        std::to_string(total) + " values");
+  std::vector<ViT::UpdateRange> sorted = ranges;
+  std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.offset < b.offset; });
+  for (size_t i = 1; i < sorted.size(); ++i)
+    if (sorted[i].offset < sorted[i - 1].offset + sorted[i - 1].n)
+      return InvalidArgument("optimizer ranges " + text(sorted[i - 1]) + " and " + text(sorted[i]) + " overlap");
   return Status::Ok();
 }
 
@@ -612,26 +621,16 @@ Status ViT::adamw_step(const std::vector<UpdateRange>& ranges, AdamWStep hyper) 
   if (patch_embed_.w->trainable) bf16_stale_ = true;  // the backbone trains: new masters
   RA_RETURN_IF_ERROR(check_ranges(ranges, trainable_numel_));
   RA_RETURN_IF_ERROR(ensure_optimizer_state(2));
-  for (const auto& r : ranges) {
-    hyper.lr = r.lr;
-    hyper.weight_decay = r.weight_decay;
-    RA_RETURN_IF_ERROR(backend_.adamw_update(trainable_ + r.offset, grad_ + r.offset, state0_ + r.offset,
-                                             state1_ + r.offset, r.n, hyper));
-  }
-  return Status::Ok();
+  return backend_.adamw_update(trainable_, grad_, state0_, state1_, ranges.data(),
+                               static_cast<int64_t>(ranges.size()), hyper);
 }
 
 Status ViT::sgd_step(const std::vector<UpdateRange>& ranges, SgdStep hyper) {
-  if (patch_embed_.w->trainable) bf16_stale_ = true;  // the backbone trains: new masters
+  if (patch_embed_.w->trainable) bf16_stale_ = true;
   RA_RETURN_IF_ERROR(check_ranges(ranges, trainable_numel_));
   if (hyper.momentum != 0.0f) RA_RETURN_IF_ERROR(ensure_optimizer_state(1));
-  for (const auto& r : ranges) {
-    hyper.lr = r.lr;
-    hyper.weight_decay = r.weight_decay;
-    RA_RETURN_IF_ERROR(backend_.sgd_update(trainable_ + r.offset, grad_ + r.offset, state0_ ? state0_ + r.offset : nullptr,
-                                           r.n, hyper));
-  }
-  return Status::Ok();
+  return backend_.sgd_update(trainable_, grad_, state0_, ranges.data(),
+                             static_cast<int64_t>(ranges.size()), hyper);
 }
 
 Status ViT::grad_sum_squares(double* out) {

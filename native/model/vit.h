@@ -82,7 +82,7 @@ class ViT {
   // One update over ranges of the flat trainable buffer (offsets and sizes in floats, as
   // Param::offset), each with its own learning rate and weight decay. The state (Adam's m and v,
   // or SGD's momentum) lives beside the buffer and is dropped when the trainable set changes.
-  struct UpdateRange { int64_t offset, n; float lr, weight_decay; };
+  using UpdateRange = repadapter::UpdateRange;
   Status adamw_step(const std::vector<UpdateRange>& ranges, AdamWStep hyper);
   Status sgd_step(const std::vector<UpdateRange>& ranges, SgdStep hyper);
   // Σ grad² over the trainable buffer, for clipping by global norm.

@@ -381,7 +381,6 @@ class Bench {
     Status st = m.set_compute_dtype(d);
     if (!st.ok()) return failed_row(method, "train", placement, d, o_.batch, st.message());
     AdamWStep hyper;
-    hyper.weight_decay = 1e-4f;
     const std::vector<ViT::UpdateRange> ranges = {{0, m.trainable_count(), 1e-3f, 1e-4f}};
     Target target;
     target.labels = labels_.data();

@@ -229,10 +229,13 @@ void run_mode(Backend& cuda, const ViTConfig& base, Trainable mode, int64_t B, C
   for (int i = 0; i < 2; ++i) {
     ViT& m = *sides[i].model;
     AdamWStep hyper;
-    hyper.lr = 1e-3f;
-    hyper.weight_decay = 0.05f;
     hyper.step = 1;
-    st = m.adamw_step({{0, m.trainable_count(), 1e-3f, 0.05f}}, hyper);
+    // One range per tensor, as the TypeScript optimizer makes them with timm's no-decay rule
+    // (no weight decay on 1-d tensors): the one-launch update over many ranges is checked too.
+    std::vector<ViT::UpdateRange> ranges;
+    for (const Param& p : m.params())
+      if (p.trainable) ranges.push_back({p.offset, p.numel, 1e-3f, p.shape.size() > 1 ? 0.05f : 0.0f});
+    st = m.adamw_step(ranges, hyper);
     if (!st.ok()) return check->fail(name + (i ? " adamw cuda" : " adamw cpu"), st);
   }
   train_step(sides, images, labels, B, name + " step 2", check);

@@ -262,12 +262,16 @@ std::vector<std::pair<OpAttrs, double>> shapes(const std::string& op, bool large
     add({{"n", 1000}, {"lr", 1e-3}, {"weight_decay", 0.05}, {"step", 1}}, 1e-6);
     add({{"n", 1000}, {"lr", 3e-4}, {"beta1", 0.8}, {"beta2", 0.99}, {"eps", 1e-6}, {"step", 7},
          {"grad_scale", 0.5}}, 1e-6);
+    add({{"n", 1000}, {"split", 377}, {"lr", 1e-3}, {"weight_decay", 0.05}, {"lr2", 2e-3},
+         {"weight_decay2", 0.0}, {"step", 3}}, 1e-6);  // two groups in one launch
     if (large) add({{"n", 1 << 20}, {"lr", 1e-3}, {"weight_decay", 1e-4}, {"step", 100}}, 1e-6);
   } else if (op == "sgd") {
     add({{"n", 1000}, {"lr", 0.1}}, 1e-6);
     add({{"n", 1000}, {"lr", 0.1}, {"momentum", 0.9}, {"first", 1}}, 1e-6);
     add({{"n", 1000}, {"lr", 0.05}, {"momentum", 0.9}, {"dampening", 0.1}, {"weight_decay", 1e-4},
          {"nesterov", 1}, {"grad_scale", 0.25}}, 1e-6);
+    add({{"n", 1000}, {"split", 1}, {"lr", 0.1}, {"lr2", 0.01}, {"weight_decay2", 1e-3},
+         {"momentum", 0.9}}, 1e-6);
   }
   return s;
 }

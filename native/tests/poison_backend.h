@@ -161,13 +161,13 @@ class PoisonBackend final : public Backend {
     return inner_.cross_entropy(logits, labels, soft, smoothing, loss, d_logits, B, C);
   }
 
-  Status adamw_update(float* param, const float* grad, float* m, float* v, int64_t n,
-                      const AdamWStep& s) override {
-    return inner_.adamw_update(param, grad, m, v, n, s);  // in place
+  Status adamw_update(float* param, const float* grad, float* m, float* v,
+                      const UpdateRange* ranges, int64_t count, const AdamWStep& s) override {
+    return inner_.adamw_update(param, grad, m, v, ranges, count, s);  // in place
   }
-  Status sgd_update(float* param, const float* grad, float* buf, int64_t n,
-                    const SgdStep& s) override {
-    return inner_.sgd_update(param, grad, buf, n, s);  // in place
+  Status sgd_update(float* param, const float* grad, float* buf, const UpdateRange* ranges,
+                    int64_t count, const SgdStep& s) override {
+    return inner_.sgd_update(param, grad, buf, ranges, count, s);  // in place
   }
   Status sum_squares(const float* x, int64_t n, double* host_out) override {
     *host_out = std::numeric_limits<double>::quiet_NaN();
