@@ -3,6 +3,8 @@
 #include <cstring>
 #include <string>
 
+#include <sys/mman.h>
+
 #include "cpu_backend.h"
 
 namespace repadapter {
@@ -10,9 +12,12 @@ namespace repadapter {
 Status CpuBackend::allocate(size_t bytes, void** out) {
   *out = nullptr;
   if (bytes == 0) return Status::Ok();
-  size_t rounded = (bytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded);
+  constexpr size_t kHuge = size_t{2} << 20;
+  const size_t align = bytes >= kHuge ? kHuge : 64;
+  size_t rounded = (bytes + align - 1) / align * align;
+  void* p = std::aligned_alloc(align, rounded);
   if (!p) return OutOfMemory("could not allocate " + std::to_string(bytes) + " bytes of host memory");
+  if (align == kHuge) madvise(p, rounded, MADV_HUGEPAGE);
   *out = p;
   return Status::Ok();
 }
