@@ -26,6 +26,10 @@
 // every batch entry (bias batch stride 0), exactly the CPU's C = A·B + bias + beta·C. As on the
 // CPU, a bias needs alpha = 1.
 //
+// No GELU epilogue: cuBLASLt's GELU is the tanh approximation (PyTorch fuses it only for
+// gelu(approximate='tanh')), while timm's ViT uses the exact erf form, so fc1's GELU stays its own
+// kernel (gelu.cu) and the numbers stay those of the CPU and of PyTorch.
+//
 // Each distinct shape (flags, sizes, strides, pointer alignments) is planned once: descriptors
 // and the heuristic's first algorithm are cached. If cuBLASLt has no algorithm for a shape (odd
 // alignments, say), cublasSgemmStridedBatched (bf16: cublasGemmStridedBatchedEx with 16BF inputs
