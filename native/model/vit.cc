@@ -305,7 +305,6 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
   const int64_t R = c.adapter_attn() ? c.adapter.hidden : 0, Q = c.patch_dim(), C = c.num_classes;
   const int64_t M = B * N, S = c.image_size;
   const bool all = c.trainable == Trainable::kAll;
-  const bool adapters_train = c.trainable != Trainable::kHead;
   bool drop_path = false;
   for (int64_t i = 0; i < c.depth; ++i) drop_path |= train && drop_path_rate(c, i) > 0;
 
@@ -343,7 +342,9 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
       s.x_in = x_in;
       s.mean1 = keep ? take(M) : nullptr;
       s.rstd1 = keep ? take(M) : nullptr;
-      s.a1 = keep && (attn_adapter ? adapters_train : all) ? take(M * D) : shared_a;
+      // A norm's output is never kept: backward recomputes it from the kept input and statistics
+      // (one LayerNorm pass) into the shared buffer, for the weight gradients that read it.
+      s.a1 = shared_a;
       s.z1 = keep && attn_adapter ? take(M * R) : shared_z;
       s.u1 = keep && attn_adapter && all ? take(M * D) : shared_u;
       s.qkv = keep ? take(M * 3 * D) : shared_qkv;
@@ -352,7 +353,7 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
       s.x_mid = keep ? take(M * D) : shared_x;
       s.mean2 = keep ? take(M) : nullptr;
       s.rstd2 = keep ? take(M) : nullptr;
-      s.a2 = keep && (mlp_adapter ? adapters_train : all) ? take(M * D) : shared_a;
+      s.a2 = shared_a;
       s.z2 = keep && mlp_adapter ? take(M * R) : shared_z;
       s.u2 = keep && mlp_adapter && all ? take(M * D) : shared_u;
       s.h = keep ? take(M * F) : nullptr;  // without backward, GELU runs in place in s.g
@@ -430,9 +431,6 @@ Status ViT::forward(const float* images_host, int64_t B, bool train, bool want_i
   RA_RETURN_IF_ERROR(backend_.tokens_forward(embedded_, cls_->data, pos_->data, saved_[0].x_in, B, P, D));
 
   std::vector<float> keep_host(B);
-  // Where an adapter follows a norm, backward reads the norm's output only for conv_A's weight
-  // gradient (the next Linear reads u): the fused op skips writing it otherwise.
-  const bool keep_norm_out = plan_.keep && c.trainable != Trainable::kHead;
   for (int64_t i = 0; i < c.depth; ++i) {
     const Block& k = blocks_[i];
     Saved& s = saved_[i];
@@ -451,7 +449,7 @@ Status ViT::forward(const float* images_host, int64_t B, bool train, bool want_i
     const float* qkv_in = s.a1;
     if (k.adapter_attn.A) {
       RA_RETURN_IF_ERROR(layernorm_adapter_forward(backend_, s.x_in, D, k.norm1.w->data, k.norm1.b->data, c.ln_eps,
-                                                   ref(k.adapter_attn), keep_norm_out ? s.a1 : nullptr, s.z1, s.u1,
+                                                   ref(k.adapter_attn), nullptr, s.z1, s.u1,
                                                    s.mean1, s.rstd1, M, train, seed_, dropout_stream(i, 0)));
       qkv_in = s.u1;
     } else {
@@ -472,7 +470,7 @@ Status ViT::forward(const float* images_host, int64_t B, bool train, bool want_i
     const float* fc1_in = s.a2;
     if (k.adapter_mlp.A) {
       RA_RETURN_IF_ERROR(layernorm_adapter_forward(backend_, s.x_mid, D, k.norm2.w->data, k.norm2.b->data, c.ln_eps,
-                                                   ref(k.adapter_mlp), keep_norm_out ? s.a2 : nullptr, s.z2, s.u2,
+                                                   ref(k.adapter_mlp), nullptr, s.z2, s.u2,
                                                    s.mean2, s.rstd2, M, train, seed_, dropout_stream(i, 1)));
       fc1_in = s.u2;
     } else {
@@ -533,6 +531,13 @@ Status ViT::backward(const Target& target, float* loss_host) {
   RA_RETURN_IF_ERROR(linear_backward(backend_, d_logits_, feat_, B, ref(head_), through_backbone ? d_feat_ : nullptr));
   if (!through_backbone) return Status::Ok();
 
+  // The norm outputs that weight gradients read (conv_A's, or qkv's / fc1's when the backbone
+  // trains without an adapter in between), recomputed: forward kept only their statistics.
+  const bool adapters_train = c.trainable != Trainable::kHead, all = c.trainable == Trainable::kAll;
+  auto norm_output = [&](const Norm& n, const float* x, float* a, bool has_adapter) -> Status {
+    if (!(has_adapter ? adapters_train : all)) return Status::Ok();
+    return backend_.layernorm_forward(x, D, n.w->data, n.b->data, a, D, nullptr, nullptr, M, D, c.ln_eps);
+  };
   RA_RETURN_IF_ERROR(backend_.fill(dx_, M * D, 0.0f));
   RA_RETURN_IF_ERROR(backend_.layernorm_backward(d_feat_, D, x_final_, N * D, norm_.w->data, final_mean_,
                                                  final_rstd_, dx_, norm_.w->grad, norm_.b->grad, B, D));
@@ -547,6 +552,7 @@ Status ViT::backward(const Target& target, float* loss_host) {
     }
     RA_RETURN_IF_ERROR(linear_backward(backend_, d_branch, s.g, M, ref(k.fc2), d_wide_));
     RA_RETURN_IF_ERROR(backend_.gelu_backward(s.h, d_wide_, M * F));
+    RA_RETURN_IF_ERROR(norm_output(k.norm2, s.x_mid, s.a2, k.adapter_mlp.A != nullptr));
     RA_RETURN_IF_ERROR(linear_backward(backend_, d_wide_, k.adapter_mlp.A ? s.u2 : s.a2, M, ref(k.fc1), d_u_));
     if (k.adapter_mlp.A)
       RA_RETURN_IF_ERROR(adapter_backward(backend_, ref(k.adapter_mlp), s.a2, s.z2, d_u_, d_z_, M, true, seed_, dropout_stream(i, 1)));
@@ -560,6 +566,7 @@ Status ViT::backward(const Target& target, float* loss_host) {
     }
     RA_RETURN_IF_ERROR(linear_backward(backend_, d_branch, s.o, M, ref(k.proj), d_o_));
     RA_RETURN_IF_ERROR(backend_.attention_backward(d_o_, s.qkv, s.probs, d_wide_, B, N, c.heads, c.head_dim()));
+    RA_RETURN_IF_ERROR(norm_output(k.norm1, s.x_in, s.a1, k.adapter_attn.A != nullptr));
     RA_RETURN_IF_ERROR(linear_backward(backend_, d_wide_, k.adapter_attn.A ? s.u1 : s.a1, M, ref(k.qkv), d_u_));
     if (k.adapter_attn.A)
       RA_RETURN_IF_ERROR(adapter_backward(backend_, ref(k.adapter_attn), s.a1, s.z1, d_u_, d_z_, M, true, seed_, dropout_stream(i, 0)));
