@@ -1,5 +1,5 @@
 // LayerNorm and the RepAdapter that reads it, one row at a time: x is read once and u written
-// once (a, mean and rstd too when backward keeps them), where the composed ops make three passes
+// once (a, mean and rstd too where asked for), where the composed ops make three passes
 // over [M, D] (layernorm, the down-projection, the up-projection), each its own parallel region.
 // A row of D floats stays in L1 between the pieces.
 //
