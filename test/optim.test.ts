@@ -16,6 +16,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { ArgumentError, ConfigError, Tensor, ViT } from '../lib/index.js';
+import { resolveConfig } from '../lib/config.js';
 import { native } from '../lib/native.js';
 import * as optim from '../lib/optim/index.js';
 import * as schedules from '../lib/optim/schedules.js';
@@ -122,6 +123,16 @@ test('one native update over two ranges equals one update per range (AdamW and S
   const sgdFirst = native.runOp('sgd', { n: k, lr: 0.1, weight_decay: 1e-3, momentum: 0.9 }, Object.fromEntries(Object.entries(sgdIn).map(([key, x]) => [key, part(x, 0, k)])));
   const sgdSecond = native.runOp('sgd', { n: n - k, lr: 0.01, weight_decay: 0, momentum: 0.9 }, Object.fromEntries(Object.entries(sgdIn).map(([key, x]) => [key, part(x, k, n)])));
   for (const key of ['param', 'buf']) t.deepEqual(sgdBoth[key], join(sgdFirst[key], sgdSecond[key]), `sgd ${key}`);
+});
+
+test('the native update refuses ranges that overlap or leave the trainable buffer, and changes nothing', (t) => {
+  const handle = new native.NativeViT(resolveConfig({ imageSize: 16, patchSize: 8, width: 16, depth: 1, heads: 2, numClasses: 3 }, { trainable: 'head' }), 1);
+  const before = handle.getParam('head.weight');
+  const hyper = { beta1: 0.9, beta2: 0.999, eps: 1e-8, step: 1, gradScale: 1 };
+  t.throws(() => handle.adamwStep(new Float64Array([0, 10, 1e-3, 0, 5, 10, 1e-3, 0]), hyper), { message: /optimizer ranges \[0, 10\) and \[5, 15\) overlap/ });
+  t.throws(() => handle.adamwStep(new Float64Array([0, 1e6, 1e-3, 0]), hyper), { message: /outside the trainable buffer/ });
+  t.deepEqual(handle.getParam('head.weight'), before);
+  handle.dispose();
 });
 
 test('clip coefficient and total norm match torch.nn.utils.clip_grad_norm_', (t) => {
