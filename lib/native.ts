@@ -114,7 +114,7 @@ export interface NativeBatchResult {
 }
 
 export interface NativeAddon {
-  NativeViT: new (config: NativeConfig, seed: number, options?: { profile?: boolean; device?: 'cpu' | 'cuda' | 'auto' }) => NativeViTHandle;
+  NativeViT: new (config: NativeConfig, seed: number, options?: { profile?: boolean; device?: 'cpu' | 'cuda' | 'auto'; cudaGraphs?: boolean }) => NativeViTHandle;
   NativeTensor: new (data: Float32Array, shape: number[]) => NativeTensorHandle;
   runOp(
     name: string,

@@ -43,6 +43,14 @@ export interface CreateOptions extends ViTOptions {
    * softmax, GELU and the adapters stay float32. See `bf16Native` for whether it is faster here.
    */
   dtype?: ComputeDType;
+  /**
+   * On CUDA, eval forwards replay a recorded CUDA graph: per batch size the first forward runs
+   * the ops, the second records them, later ones launch the whole forward at once (less launch
+   * overhead at small batches). Anything that moves a buffer (another batch size, fold,
+   * setTrainable, a dtype change) records again. No effect on the CPU, or with `profile`.
+   * Default false.
+   */
+  cudaGraphs?: boolean;
 }
 
 export interface OpProfile {
@@ -84,13 +92,13 @@ export class ViT implements Disposable {
    * identity). Load pretrained weights with `load()`.
    */
   static create(config: string | ViTOptions, options: CreateOptions = {}): ViT {
-    const { seed = 0, profile = false, device = 'cpu', dtype = 'float32', ...overrides } = options;
+    const { seed = 0, profile = false, device = 'cpu', dtype = 'float32', cudaGraphs = false, ...overrides } = options;
     if (!Number.isSafeInteger(seed) || seed < 0) throw new ConfigError(expected('a non-negative integer', 'seed', seed));
     if (device !== 'cpu' && device !== 'cuda' && device !== 'auto')
       throw new ConfigError(expected("'cpu' | 'cuda' | 'auto'", 'device', device));
     checkDType(dtype);
     const resolved = resolveConfig(config, overrides);
-    const vit = new ViT(call(() => new native.NativeViT(resolved, seed, { profile, device })));
+    const vit = new ViT(call(() => new native.NativeViT(resolved, seed, { profile, device, cudaGraphs: Boolean(cudaGraphs) })));
     if (dtype !== 'float32') vit.dtype = dtype;
     return vit;
   }

@@ -42,3 +42,35 @@ test("'cuda' either works and matches the CPU, or says why it is unavailable", (
   using images = Tensor.from(randn(rng(4), 2 * 3 * 16 * 16), [2, 3, 16, 16]);
   t.true(relErr(cuda.eval().forward(images).toArray(), cpu.eval().forward(images).toArray()) < 1e-4);
 });
+
+test('cudaGraphs: eval forwards replayed from a recording equal eager ones, across batch sizes, fold and a dtype change', (t) => {
+  // On a GPU ('auto' picks it) the third forward at a batch size replays a CUDA graph; on the CPU
+  // the recording is refused and every forward runs eagerly. Either way the numbers must be
+  // those of a model without graphs, bit for bit (the same kernels in the same order).
+  using plain = ViT.create(CONFIG, { device: 'auto', adapter: ADAPTER }).eval();
+  using graphed = ViT.create(CONFIG, { device: 'auto', adapter: ADAPTER, cudaGraphs: true }).eval();
+  randomise(plain, 5);
+  for (const [name, { data }] of plain.stateDict()) graphed.setParam(name, data);
+  const random = rng(11);
+  const batches = [3, 3, 3, 3, 2, 2, 2, 3];
+  const check = (label: string) => {
+    for (const [i, B] of batches.entries()) {
+      using x = Tensor.from(randn(random, B * 3 * 16 * 16), [B, 3, 16, 16]);
+      using a = plain.forward(x);
+      using b = graphed.forward(x);
+      t.deepEqual(b.toArray(), a.toArray(), `${label}, forward ${i + 1} (batch ${B})`);
+    }
+  };
+  check('adapters');
+  // Weights written in place are read by the replay: no new recording needed, same numbers.
+  const w = plain.param('blocks.1.mlp.fc2.weight').map((v) => v * 0.5);
+  plain.setParam('blocks.1.mlp.fc2.weight', w);
+  graphed.setParam('blocks.1.mlp.fc2.weight', w);
+  check('after setParam');
+  plain.fold();
+  graphed.fold();
+  check('folded');
+  plain.dtype = 'bf16';
+  graphed.dtype = 'bf16';
+  check('bf16');
+});

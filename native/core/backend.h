@@ -14,6 +14,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "status.h"
 
@@ -203,6 +204,20 @@ class Backend {
                             const UpdateRange* ranges, int64_t count, const SgdStep& s) = 0;
   // Σ x² in float64, written to host memory (the global norm for gradient clipping).
   virtual Status sum_squares(const float* x, int64_t n, double* host_out) = 0;
+
+  // ---- recorded graphs (CUDA graphs); optional ------------------------------------------------
+  // Between begin_capture and end_capture the backend records the ops it is given instead of
+  // running them; replay runs the recording, with the pointers and scalars it was made with.
+  // Every buffer the ops use (the backend's scratch too) must already exist, and no op may wait
+  // for the device or copy from host memory while recording. end_capture always ends the
+  // recording, also after a failed op. Backends without graphs answer Unavailable.
+  virtual Status begin_capture() { return Unavailable(std::string(name()) + " records no graphs"); }
+  virtual Status end_capture(void** graph) {
+    *graph = nullptr;
+    return Unavailable(std::string(name()) + " records no graphs");
+  }
+  virtual Status replay(void* /*graph*/) { return Unavailable(std::string(name()) + " records no graphs"); }
+  virtual void release_graph(void* /*graph*/) {}
 };
 
 }  // namespace repadapter

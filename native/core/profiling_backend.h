@@ -128,6 +128,10 @@ class ProfilingBackend final : public Backend {
                       const AdamWStep& s) override {
     return time("optimizer", 0, [&] { return inner_.adamw_update(p, g, m, v, ranges, count, s); });
   }
+  // Timing synchronizes after every op, which a recording cannot contain: no graphs here.
+  Status begin_capture() override {
+    return Unavailable("a profiled model times every op and records no graphs");
+  }
   Status sgd_update(float* p, const float* g, float* buf, const UpdateRange* ranges, int64_t count,
                     const SgdStep& s) override {
     return time("optimizer", 0, [&] { return inner_.sgd_update(p, g, buf, ranges, count, s); });

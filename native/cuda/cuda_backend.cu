@@ -62,6 +62,9 @@ Status CudaBackend::make_current() const {
 }
 
 Status CudaBackend::scratch(size_t bytes, void** out) {
+  if (bytes > scratch_bytes_ && capturing_)
+    return Internal("scratch: a recording cannot grow the scratch buffer (" + std::to_string(bytes) +
+                    " bytes asked, " + std::to_string(scratch_bytes_) + " held): run the ops once first");
   if (bytes > scratch_bytes_) {
     if (scratch_) cudaFree(scratch_);  // waits for queued work that may still read it
     scratch_ = nullptr;
@@ -168,6 +171,55 @@ Status CudaBackend::init(int device) {
     return Unavailable("could not allocate the 32 MiB cuBLASLt workspace: " + error_text(e));
   }
   return Status::Ok();
+}
+
+// ---- graphs --------------------------------------------------------------------------------------
+// Thread-local capture mode: a call on this thread that is not allowed while recording (a
+// synchronize, a copy from pageable memory, cudaMalloc) fails, and so fails the recording,
+// instead of silently running outside it.
+
+Status CudaBackend::begin_capture() {
+  RA_CUDA_ENTRY();
+  if (capturing_) return Internal("begin_capture: a recording is already in progress");
+  RA_RETURN_IF_ERROR(from_cuda(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal),
+                               "cudaStreamBeginCapture"));
+  capturing_ = true;
+  return Status::Ok();
+}
+
+Status CudaBackend::end_capture(void** out) {
+  RA_CUDA_ENTRY();
+  *out = nullptr;
+  if (!capturing_) return Internal("end_capture: no recording is in progress");
+  capturing_ = false;
+  cudaGraph_t graph = nullptr;
+  const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
+  if (ended != cudaSuccess) {
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError();  // an invalidated recording is not sticky: clear it for the next op
+    return from_cuda(ended, "cudaStreamEndCapture (an op inside the recording was not recordable)");
+  }
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  if (made != cudaSuccess) {
+    cudaGetLastError();
+    return from_cuda(made, "cudaGraphInstantiate");
+  }
+  *out = exec;
+  return Status::Ok();
+}
+
+Status CudaBackend::replay(void* graph) {
+  RA_CUDA_ENTRY();
+  if (!graph) return InvalidArgument("replay: no graph");
+  return from_cuda(cudaGraphLaunch(static_cast<cudaGraphExec_t>(graph), stream_), "cudaGraphLaunch");
+}
+
+void CudaBackend::release_graph(void* graph) {
+  if (!graph) return;
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  if (make_current().ok()) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(graph));
 }
 
 CudaBackend::~CudaBackend() {

@@ -47,6 +47,14 @@ class CudaBackend final : public Backend {
   Status fill(float* x, int64_t n, float value) override;
   Status synchronize() override;
 
+  // CUDA graphs of the backend's stream (cuda_backend.cu). Recording is per stream, and every op
+  // runs on stream_: the caller must not give this backend work from another thread meanwhile
+  // (the addon's compute thread is the only one).
+  Status begin_capture() override;
+  Status end_capture(void** graph) override;
+  Status replay(void* graph) override;
+  void release_graph(void* graph) override;
+
   Status gemm(const Gemm& g) override;
   Status convert_to_bf16(const float* x, uint16_t* y, int64_t n) override;
   // Every GPU this backend runs on (sm_80 and later) has bf16 tensor cores.
@@ -182,6 +190,7 @@ class CudaBackend final : public Backend {
   size_t workspace_bytes_ = 0;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
+  bool capturing_ = false;  // between begin_capture and end_capture
   std::map<GemmKey, std::unique_ptr<GemmPlan>> plans_;
   mutable std::recursive_mutex mutex_;
 

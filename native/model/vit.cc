@@ -39,6 +39,7 @@ ViT::ViT(Backend& backend, const ViTConfig& config) : backend_(backend), config_
 ViT::~ViT() { free_buffers(); }
 
 void ViT::free_buffers() {
+  drop_graph();
   backend_.release(frozen_);
   backend_.release(trainable_);
   backend_.release(grad_);
@@ -194,6 +195,7 @@ Status ViT::layout(bool keep_values) {
   plan_ = Plan();          // what backward keeps depends on what trains
   have_forward_ = false;
   bf16_stale_ = true;      // bind_layers() dropped the copies' pointers; a fold changed values
+  drop_graph();            // it read the old buffers
   return Status::Ok();
 }
 
@@ -206,6 +208,7 @@ std::vector<ViT::Linear*> ViT::backbone_linears() {
 
 Status ViT::set_compute_dtype(DType dtype) {
   if (dtype == compute_dtype_) return Status::Ok();
+  drop_graph();  // its products read the other weights
   compute_dtype_ = dtype;
   bf16_stale_ = true;
   if (dtype == DType::kF32) {
@@ -226,6 +229,7 @@ Status ViT::refresh_bf16() {
   const std::vector<Linear*> linears = backbone_linears();
   auto padded = [](int64_t n) { return (n + 31) / 32 * 32; };  // 64-byte aligned copies
   if (!bf16_weights_) {
+    drop_graph();  // recorded with the float32 weights
     int64_t total = 0;
     for (const Linear* l : linears) total += padded(l->w->numel);
     RA_RETURN_IF_ERROR(backend_.allocate(total * sizeof(uint16_t), reinterpret_cast<void**>(&bf16_weights_)));
@@ -300,6 +304,7 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
   if (plan_.B == B && plan_.train == train && plan_.keep == keep &&
       plan_.input_grad == want_input_grad && arena_)
     return Status::Ok();
+  drop_graph();  // the arena moves
   const ViTConfig& c = config_;
   const int64_t N = c.tokens(), P = c.patches(), D = c.width, F = c.mlp_hidden, H = c.heads;
   const int64_t R = c.adapter_attn() ? c.adapter.hidden : 0, Q = c.patch_dim(), C = c.num_classes;
@@ -422,10 +427,63 @@ Status ViT::forward(const float* images_host, int64_t B, bool train, bool want_i
   RA_RETURN_IF_ERROR(plan(B, train, keep, want_input_grad));
   RA_RETURN_IF_ERROR(refresh_bf16());
   if (train) ++step_;
+  const int64_t S = c.image_size;
+  RA_RETURN_IF_ERROR(backend_.upload(images_, images_host, B * 3 * S * S * sizeof(float)));
+  if (!train && graphs_ && !graphs_unavailable_)
+    RA_RETURN_IF_ERROR(forward_replayed(B));
+  else
+    RA_RETURN_IF_ERROR(forward_compute(B, train));
+  RA_RETURN_IF_ERROR(backend_.download(logits_host, logits_, B * c.num_classes * sizeof(float)));
+  have_forward_ = train;
+  have_input_grad_ = false;
+  last_B_ = B;
+  return Status::Ok();
+}
+
+void ViT::set_graphs(bool on) {
+  graphs_ = on;
+  if (!on) drop_graph();
+}
+
+void ViT::drop_graph() {
+  backend_.release_graph(graph_);
+  graph_ = nullptr;
+  graph_B_ = warm_B_ = 0;
+}
+
+Status ViT::forward_replayed(int64_t B) {
+  if (graph_ && graph_B_ == B) return backend_.replay(graph_);
+  if (warm_B_ != B) {
+    // An eager run first: it sizes the backend's scratch and plans its products, which a
+    // recording cannot do.
+    drop_graph();
+    RA_RETURN_IF_ERROR(forward_compute(B, false));
+    warm_B_ = B;
+    return Status::Ok();
+  }
+  if (!backend_.begin_capture().ok()) {
+    graphs_unavailable_ = true;  // this backend records no graphs: run eagerly from now on
+    return forward_compute(B, false);
+  }
+  const Status recorded = forward_compute(B, false);
+  void* graph = nullptr;
+  const Status ended = backend_.end_capture(&graph);
+  if (!recorded.ok() || !ended.ok()) {
+    // Some op could not be recorded: nothing ran, so run the forward eagerly, and do not try
+    // to record again.
+    backend_.release_graph(graph);
+    graphs_unavailable_ = true;
+    return forward_compute(B, false);
+  }
+  graph_ = graph;
+  graph_B_ = B;
+  return backend_.replay(graph_);  // recording ran nothing
+}
+
+Status ViT::forward_compute(int64_t B, bool train) {
+  const ViTConfig& c = config_;
   const int64_t N = c.tokens(), P = c.patches(), D = c.width, F = c.mlp_hidden, S = c.image_size;
   const int64_t M = B * N;
-
-  RA_RETURN_IF_ERROR(backend_.upload(images_, images_host, B * 3 * S * S * sizeof(float)));
   RA_RETURN_IF_ERROR(backend_.patchify(images_, patches_, B, S, c.patch_size));
   RA_RETURN_IF_ERROR(linear_forward(backend_, patches_, B * P, ref(patch_embed_), embedded_));
   RA_RETURN_IF_ERROR(backend_.tokens_forward(embedded_, cls_->data, pos_->data, saved_[0].x_in, B, P, D));
@@ -493,12 +551,7 @@ Status ViT::forward(const float* images_host, int64_t B, bool train, bool want_i
   // The head reads only the cls token: LayerNorm its rows (stride N·D) and nothing else.
   RA_RETURN_IF_ERROR(backend_.layernorm_forward(x_final_, N * D, norm_.w->data, norm_.b->data, feat_, D,
                                                 final_mean_, final_rstd_, B, D, c.ln_eps));
-  RA_RETURN_IF_ERROR(linear_forward(backend_, feat_, B, ref(head_), logits_));
-  RA_RETURN_IF_ERROR(backend_.download(logits_host, logits_, B * c.num_classes * sizeof(float)));
-  have_forward_ = train;
-  have_input_grad_ = false;
-  last_B_ = B;
-  return Status::Ok();
+  return linear_forward(backend_, feat_, B, ref(head_), logits_);
 }
 
 // ---- backward --------------------------------------------------------------------------------

@@ -60,6 +60,12 @@ class ViT {
   // copies are remade from them whenever they change.
   Status set_compute_dtype(DType dtype);
   DType compute_dtype() const { return compute_dtype_; }
+  // Eval forwards as recorded graphs (CUDA graphs), where the backend has them: per batch size,
+  // the first forward runs the ops, the second records them, every later one replays the
+  // recording with one call. Anything that moves a buffer (a new batch size, set_trainable, fold,
+  // a dtype change) drops the recording. Off by default; no effect where the backend has none.
+  void set_graphs(bool on);
+  bool graphs() const { return graphs_; }
   // Writes a parameter's values from host memory.
   Status write_param(const Param& p, const float* host);
   void set_seed(uint64_t seed) { seed_ = seed; }
@@ -122,6 +128,10 @@ class ViT {
   LinearRef ref(const Linear& l) const;
   std::vector<Linear*> backbone_linears();
   Status refresh_bf16();
+  // Everything of forward() between uploading the images and downloading the logits.
+  Status forward_compute(int64_t B, bool train);
+  Status forward_replayed(int64_t B);
+  void drop_graph();
   AdapterRef ref(const Adapter& a) const;
   uint64_t dropout_stream(int64_t block, int which) const;
 
@@ -143,6 +153,12 @@ class ViT {
   DType compute_dtype_ = DType::kF32;
   uint16_t* bf16_weights_ = nullptr;  // the bf16 copies, one buffer
   bool bf16_stale_ = true;             // the masters changed since the copies were made
+
+  // The eval-forward recording (set_graphs): for batch size graph_B_; warm_B_ is the batch size
+  // whose buffers and plans exist from an eager run, so that the next forward may record.
+  bool graphs_ = false, graphs_unavailable_ = false;
+  void* graph_ = nullptr;
+  int64_t graph_B_ = 0, warm_B_ = 0;
 
   // Activation arena and the plan it was made for.
   void* arena_ = nullptr;

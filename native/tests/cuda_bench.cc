@@ -20,6 +20,7 @@
 //   infer-plain            inference forward at --infer-batch, a ViT without adapters
 //   infer-unfolded-attn    the attn model (after its training rows) with its adapters in place
 //   infer-folded           the same model after fold(): a plain ViT again
+//   infer-folded-graph     the same, each forward replayed as a CUDA graph (no PyTorch row)
 // Models are built in this order, each destroyed before the next: block (its training rows),
 // attn (training, unfolded, fold, folded), plain. Adapters get random non-zero values.
 //
@@ -231,6 +232,13 @@ class Bench {
           for (DType d : o_.dtypes) {
             if (st.ok()) infer_row(*m, "infer-folded", "attn", d);
             else failed_row("infer-folded", "infer", "attn", d, o_.infer_batch, "fold: " + st.message());
+          }
+          // The same folded forward replayed as a CUDA graph (ViT::set_graphs); the first two
+          // forwards (eager, then recording) fall in the warm-up.
+          if (st.ok()) {
+            m->set_graphs(true);
+            for (DType d : o_.dtypes) infer_row(*m, "infer-folded-graph", "attn", d);
+            m->set_graphs(false);
           }
         }
       }

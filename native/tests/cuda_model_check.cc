@@ -254,6 +254,23 @@ void run_mode(Backend& cuda, const ViTConfig& base, Trainable mode, int64_t B, C
   for (int i = 0; i < 2; ++i)
     check->add(compare("model", name + (i ? " fold≡unfold cuda" : " fold≡unfold cpu"), "logits", unfolded[i],
                        folded[i], check->fold_tol()));
+
+  // The folded eval forward as a CUDA graph (set_graphs): run, record, then replay three times;
+  // every result must equal the eager one bit for bit (the same kernels in the same order). On
+  // the CPU side the recording is refused and the forwards run eagerly: the same comparison.
+  for (int i = 0; i < 2; ++i) {
+    ViT& m = *sides[i].model;
+    m.set_graphs(true);
+    std::vector<float> replayed(folded[i].size());
+    for (int round = 0; round < 5; ++round) {
+      st = m.forward(images.data(), B, false, false, replayed.data());
+      if (!st.ok()) return check->fail(name + (i ? " graph eval cuda" : " graph eval cpu"), st);
+      if (round >= 2)
+        check->add(compare("model", name + (i ? " graph≡eager cuda" : " graph≡eager cpu") + " #" + std::to_string(round - 1),
+                           "logits", folded[i], replayed, 0.0));
+    }
+    m.set_graphs(false);
+  }
 }
 
 }  // namespace

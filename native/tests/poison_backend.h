@@ -169,6 +169,11 @@ class PoisonBackend final : public Backend {
                     int64_t count, const SgdStep& s) override {
     return inner_.sgd_update(param, grad, buf, ranges, count, s);  // in place
   }
+  // Recordings include the poison fills, so a replay is checked like an eager run.
+  Status begin_capture() override { return inner_.begin_capture(); }
+  Status end_capture(void** graph) override { return inner_.end_capture(graph); }
+  Status replay(void* graph) override { return inner_.replay(graph); }
+  void release_graph(void* graph) override { inner_.release_graph(graph); }
   Status sum_squares(const float* x, int64_t n, double* host_out) override {
     *host_out = std::numeric_limits<double>::quiet_NaN();
     return inner_.sum_squares(x, n, host_out);
