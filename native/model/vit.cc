@@ -155,13 +155,20 @@ Status ViT::layout(bool keep_values) {
     p.offset = n;
     n += (p.numel + 15) / 16 * 16;  // 64-byte aligned tensors
   }
-  float *frozen = nullptr, *trainable = nullptr, *grad = nullptr;
+  // The frozen buffer stays as it is when every frozen tensor already sits at its new offset:
+  // folding trainable adapters away leaves the backbone in place, and a deployed model should
+  // not hold two copies of its weights, even for a moment.
+  bool frozen_in_place = keep_values && frozen_ && frozen_n == frozen_numel_;
+  for (const Param& p : params_)
+    if (!p.trainable && frozen_in_place) frozen_in_place = p.data == frozen_ + p.offset;
+  float *frozen = frozen_in_place ? frozen_ : nullptr, *trainable = nullptr, *grad = nullptr;
   auto cleanup = [&] {
-    backend_.release(frozen);
+    if (!frozen_in_place) backend_.release(frozen);
     backend_.release(trainable);
     backend_.release(grad);
   };
-  Status st = backend_.allocate(frozen_n * sizeof(float), reinterpret_cast<void**>(&frozen));
+  Status st = frozen_in_place ? Status::Ok()
+                              : backend_.allocate(frozen_n * sizeof(float), reinterpret_cast<void**>(&frozen));
   if (st.ok()) st = backend_.allocate(trainable_n * sizeof(float), reinterpret_cast<void**>(&trainable));
   if (st.ok()) st = backend_.allocate(trainable_n * sizeof(float), reinterpret_cast<void**>(&grad));
   if (st.ok() && trainable_n) st = backend_.fill(grad, trainable_n, 0.0f);
@@ -171,7 +178,7 @@ Status ViT::layout(bool keep_values) {
   }
   for (Param& p : params_) {
     float* dst = (p.trainable ? trainable : frozen) + p.offset;
-    if (keep_values && p.data) {
+    if (keep_values && p.data && p.data != dst) {
       st = backend_.copy(dst, p.data, p.numel * sizeof(float));
       if (!st.ok()) {
         cleanup();
@@ -181,13 +188,14 @@ Status ViT::layout(bool keep_values) {
     p.data = dst;
     p.grad = p.trainable ? grad + p.offset : nullptr;
   }
-  backend_.release(frozen_);
+  if (!frozen_in_place) backend_.release(frozen_);
   backend_.release(trainable_);
   backend_.release(grad_);
   backend_.release(state0_);
   backend_.release(state1_);
   state0_ = state1_ = nullptr;  // optimizer state belongs to the old trainable set
   frozen_ = frozen;
+  frozen_numel_ = frozen_n;
   trainable_ = trainable;
   grad_ = grad;
   trainable_numel_ = trainable_n;

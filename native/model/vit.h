@@ -149,6 +149,7 @@ class ViT {
   float* state0_ = nullptr;
   float* state1_ = nullptr;
   int64_t trainable_numel_ = 0;
+  int64_t frozen_numel_ = 0;
 
   DType compute_dtype_ = DType::kF32;
   uint16_t* bf16_weights_ = nullptr;  // the bf16 copies, one buffer
