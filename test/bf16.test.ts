@@ -162,3 +162,33 @@ test('fold in bf16: the folded model matches the unfolded one to bf16 rounding, 
   b.fold();
   for (const [name, { data }] of b.stateDict()) t.deepEqual(a.param(name), data, name);
 });
+
+test('GELU backward from the bf16 copy of its input equals the float32 backward of the rounded input', (t) => {
+  const random = rng(23);
+  const n = 9001;  // not a multiple of the kernel's chunk
+  const x = randn(random, n, 2), dy = randn(random, n);
+  const got = native.runOp('gelu', { n, bf16: 1 }, { x }, { y: dy });
+  const rounded = native.runOp('gelu', { n }, { x: x.map(bf16) }, { y: dy });
+  t.deepEqual(got.d_x, rounded.d_x);
+  t.true(relErr(got.d_x, native.runOp('gelu', { n }, { x }, { y: dy }).d_x) > 1e-5, 'and it is not the unrounded one');
+});
+
+test('a bf16 training step: loss and adapter gradients near float32 ones (GELU input kept in bf16)', (t) => {
+  const grads = (dtype: 'float32' | 'bf16') => {
+    using vit = model(31);
+    vit.dtype = dtype;
+    vit.train();
+    using x = images(4, 32, 8);
+    vit.forward(x).dispose();
+    const loss = vit.backward({ labels: [0, 1, 2, 4] });
+    const g = vit.grad('blocks.1.adapter_mlp.conv_A.weight');
+    const h = vit.grad('blocks.0.adapter_attn.conv_B.weight');
+    return { loss, g, h };
+  };
+  const full = grads('float32'), half = grads('bf16');
+  t.true(Math.abs(half.loss - full.loss) / Math.abs(full.loss) < 2e-2, `loss ${half.loss} vs ${full.loss}`);
+  for (const key of ['g', 'h'] as const) {
+    const e = relErr(half[key], full[key]);
+    t.true(e > 1e-6 && e < 5e-2, `${key}: bf16 vs float32 gradient ${e.toExponential(2)}`);
+  }
+});

@@ -118,6 +118,9 @@ class Backend {
   virtual Status gelu_forward(const float* x, float* y, int64_t n) = 0;
   // d holds dy on entry and dx on return; x is the GELU input.
   virtual Status gelu_backward(const float* x, float* d, int64_t n) = 0;
+  // The same from a bf16 copy of the input (what bf16 compute keeps for backward): exactly
+  // gelu_backward of the widened values.
+  virtual Status gelu_backward_bf16(const uint16_t* x, float* d, int64_t n) = 0;
 
   // ---- multi-head softmax attention, scale Dh^-0.5 (cpu/attention.cc) ----------------------
   // qkv [B,N,3,H,Dh] (the qkv Linear's output) → out [B,N,H,Dh]. `saved` keeps what backward

@@ -71,6 +71,9 @@ class ProfilingBackend final : public Backend {
   Status gelu_backward(const float* x, float* d, int64_t n) override {
     return time("gelu_backward", 0, [&] { return inner_.gelu_backward(x, d, n); });
   }
+  Status gelu_backward_bf16(const uint16_t* x, float* d, int64_t n) override {
+    return time("gelu_backward", 0, [&] { return inner_.gelu_backward_bf16(x, d, n); });
+  }
   int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh) const override {
     return inner_.attention_saved_floats(B, N, H, Dh);
   }

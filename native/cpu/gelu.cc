@@ -2,6 +2,7 @@
 // the tanh approximation: the two differ by up to 1e-3, far above our tolerances.
 #include <algorithm>
 
+#include "../core/bf16.h"
 #include "cpu_backend.h"
 #include "vmath.h"
 
@@ -39,6 +40,22 @@ Status CpuBackend::gelu_forward(const float* x, float* y, int64_t n) {
 Status CpuBackend::gelu_backward(const float* x, float* d, int64_t n) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; i += kChunk) gelu_backward_chunk(x + i, d + i, std::min(kChunk, n - i));
+  return Status::Ok();
+}
+
+RA_VECTOR_CLONES static void widen_chunk(const uint16_t* x, float* out, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_float(x[i]);
+}
+
+Status CpuBackend::gelu_backward_bf16(const uint16_t* x, float* d, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i += kChunk) {
+    float wide[kChunk];  // one chunk widened on the stack, then the float32 kernel
+    const int64_t m = std::min(kChunk, n - i);
+    widen_chunk(x + i, wide, m);
+    gelu_backward_chunk(wide, d + i, m);
+  }
   return Status::Ok();
 }
 

@@ -1,5 +1,6 @@
 // GELU, exact erf form, as cpu/gelu.cc. erff and expf are CUDA's accurate versions (≤ 2 ulp),
 // never the __expf fast intrinsics; the __f*_rn intrinsics keep the CPU's order without FMA.
+#include "../core/bf16.h"
 #include "common.cuh"
 
 namespace repadapter {
@@ -12,11 +13,16 @@ __global__ void gelu_forward_kernel(const float* x, float* y, int64_t n) {
   }
 }
 
-// d/dx [x·Φ(x)] = Φ(x) + x·φ(x); d holds dy on entry and dx on return.
-__global__ void gelu_backward_kernel(const float* x, float* d, int64_t n) {
+// d/dx [x·Φ(x)] = Φ(x) + x·φ(x); d holds dy on entry and dx on return. X is float (the float32
+// input) or uint16_t (its bf16 copy, widened exactly).
+__device__ __forceinline__ float widen(float v) { return v; }
+__device__ __forceinline__ float widen(uint16_t v) { return bf16_to_float(v); }
+
+template <typename X>
+__global__ void gelu_backward_kernel(const X* x, float* d, int64_t n) {
   const float inv_sqrt_2pi = 0.3989422804014327f;
   RA_GRID_LOOP(i, n) {
-    const float v = x[i];
+    const float v = widen(x[i]);
     const float cdf = __fmul_rn(0.5f, __fadd_rn(1.0f, erff(__fmul_rn(v, 0.70710678118654752f))));
     const float pdf = __fmul_rn(inv_sqrt_2pi, expf(__fmul_rn(__fmul_rn(-0.5f, v), v)));
     d[i] = __fmul_rn(d[i], __fadd_rn(cdf, __fmul_rn(v, pdf)));
@@ -37,6 +43,13 @@ Status CudaBackend::gelu_backward(const float* x, float* d, int64_t n) {
   if (n <= 0) return Status::Ok();
   gelu_backward_kernel<<<blocks_for(n), 256, 0, stream_>>>(x, d, n);
   return launched("gelu_backward");
+}
+
+Status CudaBackend::gelu_backward_bf16(const uint16_t* x, float* d, int64_t n) {
+  RA_CUDA_ENTRY();
+  if (n <= 0) return Status::Ok();
+  gelu_backward_kernel<<<blocks_for(n), 256, 0, stream_>>>(x, d, n);
+  return launched("gelu_backward (bf16 input)");
 }
 
 }  // namespace repadapter

@@ -133,7 +133,7 @@ const std::map<std::string, OpFn>& registry() {
                                                   c.buf["rstd"], c.buf["d_x"], c.buf["d_w"], c.buf["d_b"], M, D));
        return c.get({"d_x", "d_w", "d_b"});
      }},
-    {"gelu", [](Context& c) {  // x [n] → y [n]
+    {"gelu", [](Context& c) {  // x [n] → y [n]; bf16: 1 takes backward from a bf16 copy of x
        const int64_t n = c.i("n");
        RA_RETURN_IF_ERROR(c.inputs({{"x", n}}));
        RA_RETURN_IF_ERROR(c.zeros("y", n));
@@ -141,7 +141,14 @@ const std::map<std::string, OpFn>& registry() {
        RA_RETURN_IF_ERROR(c.get({"y"}));
        if (!c.dout) return Status::Ok();
        RA_RETURN_IF_ERROR(c.grad_of("y", n));
-       RA_RETURN_IF_ERROR(c.be.gelu_backward(c.buf["x"], c.buf["dy_y"], n));
+       if (c.i("bf16")) {  // backward from a bf16 copy of x, as bf16 compute keeps it
+         RA_RETURN_IF_ERROR(c.zeros("x_bf16", (n + 1) / 2));
+         uint16_t* x16 = reinterpret_cast<uint16_t*>(c.buf["x_bf16"]);
+         RA_RETURN_IF_ERROR(c.be.convert_to_bf16(c.buf["x"], x16, n));
+         RA_RETURN_IF_ERROR(c.be.gelu_backward_bf16(x16, c.buf["dy_y"], n));
+       } else {
+         RA_RETURN_IF_ERROR(c.be.gelu_backward(c.buf["x"], c.buf["dy_y"], n));
+       }
        RA_RETURN_IF_ERROR(c.buf.get("dy_y", c.out));
        (*c.out)["d_x"] = std::move((*c.out)["dy_y"]);
        c.out->erase("dy_y");

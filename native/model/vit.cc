@@ -217,6 +217,8 @@ std::vector<ViT::Linear*> ViT::backbone_linears() {
 Status ViT::set_compute_dtype(DType dtype) {
   if (dtype == compute_dtype_) return Status::Ok();
   drop_graph();  // its products read the other weights
+  plan_ = Plan();  // what backward keeps depends on the dtype (GELU's input)
+  have_forward_ = false;
   compute_dtype_ = dtype;
   bf16_stale_ = true;
   if (dtype == DType::kF32) {
@@ -369,7 +371,12 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
       s.a2 = shared_a;
       s.z2 = keep && mlp_adapter ? take(M * R) : shared_z;
       s.u2 = keep && mlp_adapter && all ? take(M * D) : shared_u;
-      s.h = keep ? take(M * F) : nullptr;  // without backward, GELU runs in place in s.g
+      // GELU's input for backward: float32, or in bf16 compute a bf16 copy (as PyTorch's autocast
+      // keeps fc1's output) — the largest kept tensor at half the bytes. Without backward, GELU
+      // runs in place in s.g.
+      const bool h_in_bf16 = keep && compute_dtype_ == DType::kBF16;
+      s.h = keep && !h_in_bf16 ? take(M * F) : nullptr;
+      s.h_bf16 = h_in_bf16 ? reinterpret_cast<uint16_t*>(take((M * F + 1) / 2)) : nullptr;
       s.g = keep && all ? take(M * F) : shared_g;
       const bool dp = train && drop_path_rate(c, i) > 0;
       s.keep1 = dp ? take(B) : nullptr;
@@ -543,9 +550,10 @@ Status ViT::forward_compute(int64_t B, bool train) {
       RA_RETURN_IF_ERROR(backend_.layernorm_forward(s.x_mid, D, k.norm2.w->data, k.norm2.b->data, s.a2, D,
                                                     s.mean2, s.rstd2, M, D, c.ln_eps));
     }
-    // Backward reads GELU's input; without backward, GELU runs in place on fc1's output.
-    float* fc1_out = plan_.keep ? s.h : s.g;
+    // Backward reads GELU's input (s.h, or its bf16 copy); otherwise GELU runs in place.
+    float* fc1_out = s.h ? s.h : s.g;
     RA_RETURN_IF_ERROR(linear_forward(backend_, fc1_in, M, ref(k.fc1), fc1_out));
+    if (s.h_bf16) RA_RETURN_IF_ERROR(backend_.convert_to_bf16(fc1_out, s.h_bf16, M * F));
     RA_RETURN_IF_ERROR(backend_.gelu_forward(fc1_out, s.g, M * F));
     if (x_out != s.x_mid) RA_RETURN_IF_ERROR(backend_.copy(x_out, s.x_mid, M * D * sizeof(float)));
     if (s.keep2) {
@@ -612,7 +620,10 @@ Status ViT::backward(const Target& target, float* loss_host) {
       d_branch = d_branch_;
     }
     RA_RETURN_IF_ERROR(linear_backward(backend_, d_branch, s.g, M, ref(k.fc2), d_wide_));
-    RA_RETURN_IF_ERROR(backend_.gelu_backward(s.h, d_wide_, M * F));
+    if (s.h_bf16)
+      RA_RETURN_IF_ERROR(backend_.gelu_backward_bf16(s.h_bf16, d_wide_, M * F));
+    else
+      RA_RETURN_IF_ERROR(backend_.gelu_backward(s.h, d_wide_, M * F));
     RA_RETURN_IF_ERROR(norm_output(k.norm2, s.x_mid, s.a2, k.adapter_mlp.A != nullptr));
     RA_RETURN_IF_ERROR(linear_backward(backend_, d_wide_, k.adapter_mlp.A ? s.u2 : s.a2, M, ref(k.fc1), d_u_));
     if (k.adapter_mlp.A)

@@ -115,6 +115,7 @@ class ViT {
   struct Saved {
     float *x_in, *mean1, *rstd1, *a1, *z1, *u1, *qkv, *probs, *o;
     float *x_mid, *mean2, *rstd2, *a2, *z2, *u2, *h, *g;
+    uint16_t* h_bf16;  // GELU's input for backward, in bf16 compute (then h is null)
     float *keep1, *keep2;
   };
 

@@ -205,6 +205,7 @@ std::vector<std::pair<OpAttrs, double>> shapes(const std::string& op, bool large
     if (large) add({{"M", 1576}, {"D", 768}, {"eps", 1e-6}}, 1e-5);
   } else if (op == "gelu") {
     add({{"n", 1001}}, 1e-5);
+    add({{"n", 1001}, {"bf16", 1}}, 1e-5);  // backward from the bf16 copy of x
     if (large) add({{"n", 1576 * 3072}}, 1e-5);
   } else if (op == "attention") {
     add({{"B", 2}, {"N", 5}, {"H", 3}, {"Dh", 4}}, 1e-5);

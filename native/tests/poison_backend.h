@@ -89,6 +89,9 @@ class PoisonBackend final : public Backend {
   Status gelu_backward(const float* x, float* d, int64_t n) override {
     return inner_.gelu_backward(x, d, n);  // in place
   }
+  Status gelu_backward_bf16(const uint16_t* x, float* d, int64_t n) override {
+    return inner_.gelu_backward_bf16(x, d, n);  // in place
+  }
 
   int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh) const override {
     return inner_.attention_saved_floats(B, N, H, Dh);
