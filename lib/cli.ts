@@ -434,6 +434,8 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
 }
 
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  // The exit code is the command's result (0, 1, 2 usage, 130 interrupted); exiting explicitly
+  // also ends a run whose native compute thread or open handles would keep Node alive.
   main().then((code) => process.exit(code), (error) => {
     console.error(error);
     process.exit(1);

@@ -221,7 +221,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<numb
 }
 
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  // `… | head` closes the pipe early: that is not an error
+  // `… | head` closes the pipe early: that is not an error, so exit 0 instead of throwing
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
     if (e.code === 'EPIPE') process.exit(0);
     throw e;

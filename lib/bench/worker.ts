@@ -204,6 +204,9 @@ async function loadOnnxRuntime(): Promise<OrtModule | null> {
 // Entry point when forked by runBench (and only then: importing this module does nothing).
 if (process.send && process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   process.once('message', (message: WorkerRequest) => {
+    // One workload per process (its peak RSS is the row's): exit as soon as the reply is sent,
+    // rather than waiting for the IPC channel and native threads to wind down. A failed workload
+    // still answers with an error row, then exits 1 so the parent sees the failure either way.
     runWorkload(message).then(
       (reply) => process.send!(reply, () => process.exit(0)),
       (error: Error) => {
