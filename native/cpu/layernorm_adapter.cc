@@ -3,7 +3,7 @@
 // over [M, D] (layernorm, the down-projection, the up-projection), each its own parallel region.
 // A row of D floats stays in L1 between the pieces.
 //
-// Each piece keeps the arithmetic of the op it stands for — normalize_row of layernorm.cc, the
+// Each piece keeps the arithmetic of the op it stands for — layernorm_row (shared with layernorm.cc), the
 // skinny dot of gemm.cc, dropout_forward and up_rows of adapter.cc — so the outputs equal the
 // composed ops' up to float rounding (summation order inside a vector reduction).
 #include <cmath>
@@ -11,6 +11,7 @@
 
 #include "../core/rng.h"
 #include "cpu_backend.h"
+#include "layernorm_row.h"
 #include "vmath.h"
 
 namespace repadapter {
@@ -28,17 +29,8 @@ struct Args {
 RA_VECTOR_CLONES void fused_row(const Args& f, int64_t m, float* a_row) {
   const int64_t D = f.D, R = f.R, Dg = D / f.G, Rg = R / f.G;
   const float* x = f.x + m * f.ldx;
-  // LayerNorm: two passes in float lanes, as layernorm.cc.
-  float sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t d = 0; d < D; ++d) sum += x[d];
-  const float mu = sum / static_cast<float>(D);
-  float sq = 0;
-#pragma omp simd reduction(+ : sq)
-  for (int64_t d = 0; d < D; ++d) sq += (x[d] - mu) * (x[d] - mu);
-  const float r = 1.0f / std::sqrt(sq / static_cast<float>(D) + f.eps);
-#pragma omp simd
-  for (int64_t d = 0; d < D; ++d) a_row[d] = (x[d] - mu) * r * f.ln_w[d] + f.ln_b[d];
+  float mu, r;
+  layernorm_row(x, f.ln_w, f.ln_b, a_row, D, f.eps, &mu, &r);
   if (f.mean) f.mean[m] = mu;
   if (f.rstd) f.rstd[m] = r;
 

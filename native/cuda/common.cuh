@@ -41,6 +41,29 @@ __device__ __forceinline__ double block_sum(double v, double* shared) {
   return t;
 }
 
+// ---- LayerNorm rows, one warp per row (layernorm.cu and the fused layernorm_adapter.cu) -------
+// Mean and 1/√(var + eps) of x[0, D), lane reading x[lane + 32·i]: two passes in double, as the
+// CPU, rounded to float once. Every lane gets both values.
+__device__ __forceinline__ void warp_row_stats(const float* x, int64_t D, float eps, int lane,
+                                               float* mean, float* rstd) {
+  double sum = 0;
+  for (int64_t d = lane; d < D; d += 32) sum += x[d];
+  const double mu = warp_sum(sum) / D;
+  double sq = 0;
+  for (int64_t d = lane; d < D; d += 32) {
+    const double t = x[d] - mu;
+    sq += t * t;
+  }
+  sq = warp_sum(sq);
+  *rstd = static_cast<float>(1.0 / sqrt(sq / D + static_cast<double>(eps)));
+  *mean = static_cast<float>(mu);
+}
+
+// (x − μ)·r·w + b in the CPU's order, without FMA contraction.
+__device__ __forceinline__ float layernorm_value(float x, float mu, float r, float w, float b) {
+  return __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(x, mu), r), w), b);
+}
+
 // Maximum of v over the block, like block_sum; `shared` holds 32 floats.
 __device__ __forceinline__ float block_max(float v, float* shared) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;

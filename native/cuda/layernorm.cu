@@ -21,19 +21,9 @@ __global__ void layernorm_forward_kernel(const float* x, int64_t ldx, const floa
        m += warps) {
     const float* xr = x + m * ldx;
     float* yr = y + m * ldy;
-    double sum = 0;
-    for (int64_t d = lane; d < D; d += 32) sum += xr[d];
-    const double mu = cuda_detail::warp_sum(sum) / D;
-    double sq = 0;
-    for (int64_t d = lane; d < D; d += 32) {
-      const double t = xr[d] - mu;
-      sq += t * t;
-    }
-    sq = cuda_detail::warp_sum(sq);
-    const float r = static_cast<float>(1.0 / sqrt(sq / D + static_cast<double>(eps)));
-    const float muf = static_cast<float>(mu);
-    for (int64_t d = lane; d < D; d += 32)
-      yr[d] = __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(xr[d], muf), r), w[d]), b[d]);
+    float muf, r;
+    cuda_detail::warp_row_stats(xr, D, eps, lane, &muf, &r);
+    for (int64_t d = lane; d < D; d += 32) yr[d] = cuda_detail::layernorm_value(xr[d], muf, r, w[d], b[d]);
     if (lane == 0) {
       if (mean) mean[m] = muf;
       if (rstd) rstd[m] = r;

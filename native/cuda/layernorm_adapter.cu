@@ -35,24 +35,12 @@ __global__ void layernorm_adapter_kernel(Args f, int64_t M) {
   const int64_t warps = static_cast<int64_t>(gridDim.x) * warps_per_block;
   for (int64_t m = static_cast<int64_t>(blockIdx.x) * warps_per_block + warp; m < M; m += warps) {
     const float* xr = f.x + m * f.ldx;
-    double sum = 0;
-    for (int64_t d = lane; d < D; d += 32) {
-      const float v = xr[d];
-      row[d] = v;
-      sum += v;
-    }
-    const double mu = cuda_detail::warp_sum(sum) / D;
-    double sq = 0;
-    for (int64_t d = lane; d < D; d += 32) {
-      const double t = row[d] - mu;
-      sq += t * t;
-    }
-    sq = cuda_detail::warp_sum(sq);
-    const float r = static_cast<float>(1.0 / sqrt(sq / D + static_cast<double>(f.eps)));
-    const float muf = static_cast<float>(mu);
+    for (int64_t d = lane; d < D; d += 32) row[d] = xr[d];
+    float muf, r;
+    cuda_detail::warp_row_stats(row, D, f.eps, lane, &muf, &r);
     float* ar = f.a ? f.a + m * D : nullptr;
     for (int64_t d = lane; d < D; d += 32) {
-      const float v = __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(row[d], muf), r), f.ln_w[d]), f.ln_b[d]);
+      const float v = cuda_detail::layernorm_value(row[d], muf, r, f.ln_w[d], f.ln_b[d]);
       row[d] = v;
       if (ar) ar[d] = v;
     }
