@@ -59,6 +59,43 @@ __device__ __forceinline__ void load_rows(float (*dst)[S], const float* src, int
   }
 }
 
+// The two products both backward kernels form from shared tiles of one row block (rows
+// ty + 16a of x1, x2) and one column block (rows tx + 16c of y1, y2):
+//   s[a][c] = Σ_d x1·y1 (the scores before scaling), dp[a][c] = Σ_d x2·y2 (dO·V),
+// summed over d in order. fmaf is commutative, so with q, k in either role s has the forward's
+// bits, and exp(s·scale − lse) is the forward's P.
+template <int R, int Dh, int S>
+__device__ __forceinline__ void score_and_dp_tiles(const float (*x1)[S], const float (*x2)[S],
+                                                   const float (*y1)[S], const float (*y2)[S],
+                                                   float (&s)[R][R], float (&dp)[R][R]) {
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll
+  for (int a = 0; a < R; ++a)
+#pragma unroll
+    for (int c = 0; c < R; ++c) s[a][c] = dp[a][c] = 0.0f;
+#pragma unroll 8
+  for (int d = 0; d < Dh; ++d) {
+    float x1a[R], x2a[R], y1c[R], y2c[R];
+#pragma unroll
+    for (int a = 0; a < R; ++a) {
+      x1a[a] = x1[ty + 16 * a][d];
+      x2a[a] = x2[ty + 16 * a][d];
+    }
+#pragma unroll
+    for (int c = 0; c < R; ++c) {
+      y1c[c] = y1[tx + 16 * c][d];
+      y2c[c] = y2[tx + 16 * c][d];
+    }
+#pragma unroll
+    for (int a = 0; a < R; ++a)
+#pragma unroll
+      for (int c = 0; c < R; ++c) {
+        s[a][c] = fmaf(x1a[a], y1c[c], s[a][c]);
+        dp[a][c] = fmaf(x2a[a], y2c[c], dp[a][c]);
+      }
+  }
+}
+
 // qkv [B,N,3,H,Dh] → out [B,N,H,Dh]; lse [B,H,N] and o_copy [B,N,H,Dh] both null or both set.
 // blockIdx.x = (b·H + h)·tiles + query tile: the tiles of one head run side by side and share
 // its K and V in L2.
@@ -226,31 +263,7 @@ __global__ void __launch_bounds__(kThreads)
 
     // s and dp: key ty + 16a against query tx + 16c.
     float s[R][R], dp[R][R];
-#pragma unroll
-    for (int a = 0; a < R; ++a)
-#pragma unroll
-      for (int c = 0; c < R; ++c) s[a][c] = dp[a][c] = 0.0f;
-#pragma unroll 8
-    for (int d = 0; d < Dh; ++d) {
-      float ka[R], va[R], qc[R], gc[R];
-#pragma unroll
-      for (int a = 0; a < R; ++a) {
-        ka[a] = ks[ty + 16 * a][d];
-        va[a] = vs[ty + 16 * a][d];
-      }
-#pragma unroll
-      for (int c = 0; c < R; ++c) {
-        qc[c] = qs[tx + 16 * c][d];
-        gc[c] = gs[tx + 16 * c][d];
-      }
-#pragma unroll
-      for (int a = 0; a < R; ++a)
-#pragma unroll
-        for (int c = 0; c < R; ++c) {
-          s[a][c] = fmaf(qc[c], ka[a], s[a][c]);  // the forward's operand order: the same s
-          dp[a][c] = fmaf(gc[c], va[a], dp[a][c]);
-        }
-    }
+    score_and_dp_tiles<R, Dh>(ks, vs, qs, gs, s, dp);
 #pragma unroll
     for (int a = 0; a < R; ++a)
 #pragma unroll
@@ -336,31 +349,7 @@ __global__ void __launch_bounds__(kThreads)
 
     // s and dp: query ty + 16a against key tx + 16c.
     float s[R][R], dp[R][R];
-#pragma unroll
-    for (int a = 0; a < R; ++a)
-#pragma unroll
-      for (int c = 0; c < R; ++c) s[a][c] = dp[a][c] = 0.0f;
-#pragma unroll 8
-    for (int d = 0; d < Dh; ++d) {
-      float qa[R], ga[R], kc[R], vc[R];
-#pragma unroll
-      for (int a = 0; a < R; ++a) {
-        qa[a] = qs[ty + 16 * a][d];
-        ga[a] = gs[ty + 16 * a][d];
-      }
-#pragma unroll
-      for (int c = 0; c < R; ++c) {
-        kc[c] = ks[tx + 16 * c][d];
-        vc[c] = vs[tx + 16 * c][d];
-      }
-#pragma unroll
-      for (int a = 0; a < R; ++a)
-#pragma unroll
-        for (int c = 0; c < R; ++c) {
-          s[a][c] = fmaf(qa[a], kc[c], s[a][c]);
-          dp[a][c] = fmaf(ga[a], vc[c], dp[a][c]);
-        }
-    }
+    score_and_dp_tiles<R, Dh>(qs, gs, ks, vs, s, dp);
 #pragma unroll
     for (int a = 0; a < R; ++a)
 #pragma unroll
