@@ -3,6 +3,7 @@
  * the JSON report both sides write (ours.json from lib/bench, theirs.json from
  * bench/pytorch_bench.py) in one schema, so compareBench can pair their rows by id.
  */
+import type { NativeConfig } from '../native.js';
 
 export const SCHEMA = 'repadapter-bench/1';
 
@@ -66,15 +67,7 @@ export interface BenchOptions {
 }
 
 /** The architecture of a workload, fully resolved (both sides build exactly this). */
-export interface ArchConfig {
-  imageSize: number;
-  patchSize: number;
-  width: number;
-  depth: number;
-  heads: number;
-  mlpHidden: number;
-  numClasses: number;
-}
+export type ArchConfig = Pick<NativeConfig, 'imageSize' | 'patchSize' | 'width' | 'depth' | 'heads' | 'mlpHidden' | 'numClasses'>;
 
 export interface AdapterSettings {
   hidden: number;
