@@ -19,18 +19,11 @@ import {
   saveCheckpoint,
   type CheckpointInput,
 } from '../lib/train/checkpoint.js';
+import { TINY as TINY_BASE } from './helpers/tiny.js';
 import { randn, rng } from './util.js';
 
-const TINY = {
-  imageSize: 16,
-  patchSize: 8,
-  width: 16,
-  depth: 1,
-  heads: 2,
-  numClasses: 3,
-  dropPath: 0.2,
-  adapter: { placement: 'attn' as const, hidden: 4, groups: 2, dropout: 0.3 },
-};
+// The shared tiny model with stochastic depth and adapter dropout on: resume must restore masks.
+const TINY = { ...TINY_BASE, dropPath: 0.2, adapter: { ...TINY_BASE.adapter, dropout: 0.3 } };
 
 function tinyModel(seed = 5): ViT {
   const model = ViT.create(TINY, { trainable: 'adapters', seed });

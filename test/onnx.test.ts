@@ -12,7 +12,7 @@ import { join } from 'node:path';
 
 import { ArgumentError, Tensor, ViT } from '../lib/index.js';
 import { ONNX_INPUT, ONNX_OUTPUT, exportOnnx, toOnnx } from '../lib/io/onnx.js';
-import { randn, relErr, rng } from './util.js';
+import { randn, randomise, relErr, rng } from './util.js';
 
 // ---- onnxruntime-node, if installed (a devDependency of this repo) -----------------------------
 
@@ -57,19 +57,6 @@ test('onnxruntime-node: installed, or why its comparisons are skipped', (t) => {
 
 const config = { imageSize: 32, patchSize: 8, width: 48, depth: 2, heads: 4, mlpRatio: 4, numClasses: 6 };
 const adapter = (placement: 'attn' | 'block') => ({ placement, hidden: 8, groups: 2, scale: 0.8, dropout: 0.1 });
-
-/** Fills every parameter with random values of a realistic scale (adapters random and non-zero). */
-function randomise(vit: ViT, seed: number): void {
-  const random = rng(seed);
-  for (const p of vit.parameters()) {
-    const n = p.shape.reduce((a, b) => a * b, 1);
-    const fanIn = p.shape.length > 1 ? n / p.shape[0] : 1;
-    const std = p.shape.length > 1 ? 1 / Math.sqrt(fanIn) : 0.1;
-    const values = randn(random, n, p.name.includes('conv_B') ? 0.3 : std);
-    if (p.role === 'norm' && p.name.endsWith('weight')) for (let i = 0; i < n; i++) values[i] += 1;
-    vit.setParam(p.name, values);
-  }
-}
 
 function images(batch: number, seed: number): Float32Array {
   return randn(rng(seed), batch * 3 * 32 * 32);
