@@ -325,16 +325,37 @@ class JsonParser {
     if (++this.depth > MAX_JSON_DEPTH) this.err(`nesting deeper than ${MAX_JSON_DEPTH} levels`);
   }
 
+  /** At a container's start: true when it is empty (its closing bracket consumed). */
+  private empty(close: number): boolean {
+    this.pos++; // the opening bracket
+    this.ws();
+    if (this.s.charCodeAt(this.pos) !== close) return false;
+    this.pos++;
+    this.depth--;
+    return true;
+  }
+
+  /** After a member: true at ',' (another member follows), false at the closing bracket. */
+  private more(close: number): boolean {
+    this.ws();
+    const c = this.s.charCodeAt(this.pos);
+    if (c === 0x2c) {
+      this.pos++;
+      this.ws();
+      return true;
+    }
+    if (c === close) {
+      this.pos++;
+      this.depth--;
+      return false;
+    }
+    return this.err(Number.isNaN(c) ? 'unexpected end of header' : `expected ',' or '${String.fromCharCode(close)}'`);
+  }
+
   private object(): JObject {
     this.enter();
     const obj = new JObject();
-    this.pos++; // {
-    this.ws();
-    if (this.s.charCodeAt(this.pos) === 0x7d) {
-      this.pos++;
-      this.depth--;
-      return obj;
-    }
+    if (this.empty(0x7d)) return obj;
     for (;;) {
       if (this.s.charCodeAt(this.pos) !== 0x22) this.err('expected a string key');
       const key = this.string();
@@ -348,47 +369,19 @@ class JsonParser {
       this.path.push(key);
       obj.map.set(key, this.value());
       this.path.pop();
-      this.ws();
-      const c = this.s.charCodeAt(this.pos);
-      if (c === 0x2c) {
-        this.pos++;
-        this.ws();
-      } else if (c === 0x7d) {
-        this.pos++;
-        this.depth--;
-        return obj;
-      } else {
-        this.err(Number.isNaN(c) ? 'unexpected end of header' : "expected ',' or '}'");
-      }
+      if (!this.more(0x7d)) return obj;
     }
   }
 
   private array(): JValue[] {
     this.enter();
     const arr: JValue[] = [];
-    this.pos++; // [
-    this.ws();
-    if (this.s.charCodeAt(this.pos) === 0x5d) {
-      this.pos++;
-      this.depth--;
-      return arr;
-    }
+    if (this.empty(0x5d)) return arr;
     for (;;) {
       this.path.push(`[${arr.length}]`);
       arr.push(this.value());
       this.path.pop();
-      this.ws();
-      const c = this.s.charCodeAt(this.pos);
-      if (c === 0x2c) {
-        this.pos++;
-        this.ws();
-      } else if (c === 0x5d) {
-        this.pos++;
-        this.depth--;
-        return arr;
-      } else {
-        this.err(Number.isNaN(c) ? 'unexpected end of header' : "expected ',' or ']'");
-      }
+      if (!this.more(0x5d)) return arr;
     }
   }
 
