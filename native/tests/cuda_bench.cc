@@ -283,8 +283,9 @@ class Bench {
     return st;
   }
 
-  void failed_row(const std::string& method, const std::string& kind, const std::string& placement,
-                  DType d, int64_t B, const std::string& why) {
+  // A row's identity: what every row, measured or failed, starts with.
+  Row new_row(const std::string& method, const std::string& kind, const std::string& placement,
+              DType d, int64_t B) const {
     Row r;
     r.id = row_id(method, d, B);
     r.method = method;
@@ -292,6 +293,12 @@ class Bench {
     r.placement = placement;
     r.dtype = dtype_name(d);
     r.batch = B;
+    return r;
+  }
+
+  void failed_row(const std::string& method, const std::string& kind, const std::string& placement,
+                  DType d, int64_t B, const std::string& why) {
+    Row r = new_row(method, kind, placement, d, B);
     r.status = "error";
     r.note = why;
     r.peak_rss_mb = peak_rss_mb();
@@ -378,13 +385,7 @@ class Bench {
   }
 
   void train_row(ViT& m, const std::string& method, const std::string& placement, DType d) {
-    Row r;
-    r.id = row_id(method, d, o_.batch);
-    r.method = method;
-    r.kind = "train";
-    r.placement = placement;
-    r.dtype = dtype_name(d);
-    r.batch = o_.batch;
+    Row r = new_row(method, "train", placement, d, o_.batch);
     r.upload_ms = upload_train_ms_;
     Status st = m.set_compute_dtype(d);
     if (!st.ok()) return failed_row(method, "train", placement, d, o_.batch, st.message());
@@ -406,13 +407,7 @@ class Bench {
   }
 
   void infer_row(ViT& m, const std::string& method, const std::string& placement, DType d) {
-    Row r;
-    r.id = row_id(method, d, o_.infer_batch);
-    r.method = method;
-    r.kind = "infer";
-    r.placement = placement;
-    r.dtype = dtype_name(d);
-    r.batch = o_.infer_batch;
+    Row r = new_row(method, "infer", placement, d, o_.infer_batch);
     r.upload_ms = upload_infer_ms_;
     Status st = m.set_compute_dtype(d);
     if (!st.ok()) return failed_row(method, "infer", placement, d, o_.infer_batch, st.message());
