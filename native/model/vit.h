@@ -113,7 +113,7 @@ class ViT {
   // Per-block activations; pointers into the arena. Entries marked "shared" point to one buffer
   // reused by every block when backward does not need them.
   struct Saved {
-    float *x_in, *mean1, *rstd1, *a1, *z1, *u1, *qkv, *probs, *o;
+    float *x_in, *mean1, *rstd1, *a1, *z1, *u1, *qkv, *attn_saved, *o;  // attn_saved: what the backend keeps for attention_backward
     float *x_mid, *mean2, *rstd2, *a2, *z2, *u2, *h, *g;
     uint16_t* h_bf16;  // GELU's input for backward, in bf16 compute (then h is null)
     float *keep1, *keep2;
