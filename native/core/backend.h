@@ -124,16 +124,19 @@ class Backend {
 
   // ---- multi-head softmax attention, scale Dh^-0.5 (cpu/attention.cc) ----------------------
   // qkv [B,N,3,H,Dh] (the qkv Linear's output) → out [B,N,H,Dh]. `saved` keeps what backward
-  // needs, attention_saved_floats(B, N, H) floats in a backend-defined layout (the CPU keeps the
-  // softmax [B,H,N,N]; a fused kernel may keep each row's log-sum-exp and the output instead);
-  // null in inference.
-  virtual int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh) const = 0;
+  // needs, attention_saved_floats(B, N, H, Dh, compute) floats in a backend-defined layout (the
+  // CPU keeps the softmax [B,H,N,N]; a fused kernel may keep each row's log-sum-exp and the
+  // output instead); null in inference. `compute` is the model's compute dtype: kF32 is float32
+  // throughout; kBF16 is attention as PyTorch's bf16 autocast runs it (the products' operands
+  // rounded to bf16, sums and softmax in float32), defined exactly in cpu/attention.cc.
+  virtual int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh,
+                                         DType compute) const = 0;
   virtual Status attention_forward(const float* qkv, float* out, float* saved, int64_t B,
-                                   int64_t N, int64_t H, int64_t Dh) = 0;
+                                   int64_t N, int64_t H, int64_t Dh, DType compute) = 0;
   // d_qkv [B,N,3D] from d_out [B,N,D] (overwrites).
   virtual Status attention_backward(const float* d_out, const float* qkv, const float* saved,
-                                    float* d_qkv, int64_t B, int64_t N, int64_t H,
-                                    int64_t Dh) = 0;
+                                    float* d_qkv, int64_t B, int64_t N, int64_t H, int64_t Dh,
+                                    DType compute) = 0;
 
   // ---- RepAdapter pieces (cpu/adapter.cc); the dense down-projection is a gemm -------------
   // Inverted dropout on z [n] in place; the mask is uniform01(seed, stream, i) >= p.

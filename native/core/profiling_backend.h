@@ -74,18 +74,18 @@ class ProfilingBackend final : public Backend {
   Status gelu_backward_bf16(const uint16_t* x, float* d, int64_t n) override {
     return time("gelu_backward", 0, [&] { return inner_.gelu_backward_bf16(x, d, n); });
   }
-  int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh) const override {
-    return inner_.attention_saved_floats(B, N, H, Dh);
+  int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh, DType compute) const override {
+    return inner_.attention_saved_floats(B, N, H, Dh, compute);
   }
   Status attention_forward(const float* qkv, float* out, float* saved, int64_t B, int64_t N, int64_t H,
-                           int64_t Dh) override {
+                           int64_t Dh, DType compute) override {
     return time("attention_forward", 4.0 * B * H * N * N * Dh,
-                [&] { return inner_.attention_forward(qkv, out, saved, B, N, H, Dh); });
+                [&] { return inner_.attention_forward(qkv, out, saved, B, N, H, Dh, compute); });
   }
   Status attention_backward(const float* d_out, const float* qkv, const float* saved, float* d_qkv, int64_t B,
-                            int64_t N, int64_t H, int64_t Dh) override {
+                            int64_t N, int64_t H, int64_t Dh, DType compute) override {
     return time("attention_backward", 8.0 * B * H * N * N * Dh,
-                [&] { return inner_.attention_backward(d_out, qkv, saved, d_qkv, B, N, H, Dh); });
+                [&] { return inner_.attention_backward(d_out, qkv, saved, d_qkv, B, N, H, Dh, compute); });
   }
   Status dropout_forward(float* z, int64_t n, float p, uint64_t seed, uint64_t stream) override {
     return time("dropout", 0, [&] { return inner_.dropout_forward(z, n, p, seed, stream); });

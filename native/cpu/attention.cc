@@ -113,7 +113,7 @@ RA_VECTOR_CLONES void small_head_backward(const float* q, const float* k, const 
 }  // namespace
 
 Status CpuBackend::attention_forward(const float* qkv, float* out, float* probs, int64_t B,
-                                     int64_t N, int64_t H, int64_t Dh) {
+                                     int64_t N, int64_t H, int64_t Dh, DType) {
   const int64_t D = H * Dh, ld = 3 * D;
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
   Status status;
@@ -156,7 +156,7 @@ Status CpuBackend::attention_forward(const float* qkv, float* out, float* probs,
 // dq = scale · ds k,  dk = scale · dsᵀ q.
 Status CpuBackend::attention_backward(const float* d_out, const float* qkv, const float* probs,
                                       float* d_qkv, int64_t B, int64_t N, int64_t H,
-                                      int64_t Dh) {
+                                      int64_t Dh, DType) {
   const int64_t D = H * Dh, ld = 3 * D;
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
   Status status;

@@ -46,13 +46,14 @@ class CpuBackend final : public Backend {
   Status gelu_backward_bf16(const uint16_t* x, float* d, int64_t n) override;
 
   // saved: the softmax probabilities [B,H,N,N].
-  int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t) const override {
+  int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t, DType) const override {
     return B * H * N * N;
   }
   Status attention_forward(const float* qkv, float* out, float* probs, int64_t B, int64_t N,
-                           int64_t H, int64_t Dh) override;
+                           int64_t H, int64_t Dh, DType compute) override;
   Status attention_backward(const float* d_out, const float* qkv, const float* probs,
-                            float* d_qkv, int64_t B, int64_t N, int64_t H, int64_t Dh) override;
+                            float* d_qkv, int64_t B, int64_t N, int64_t H, int64_t Dh,
+                            DType compute) override;
 
   Status dropout_forward(float* z, int64_t n, float p, uint64_t seed, uint64_t stream) override;
   Status dropout_backward(float* dz, int64_t n, float p, uint64_t seed, uint64_t stream) override;

@@ -125,12 +125,13 @@ Status fused_backward(CudaBackend& be, const float* d_out, const float* qkv, con
 
 }  // namespace
 
-int64_t CudaBackend::attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh) const {
+int64_t CudaBackend::attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh,
+                                            DType) const {
   return fused_head_width(Dh) ? B * H * N + B * N * H * Dh : B * H * N * N;
 }
 
 Status CudaBackend::attention_forward(const float* qkv, float* out, float* saved, int64_t B,
-                                      int64_t N, int64_t H, int64_t Dh) {
+                                      int64_t N, int64_t H, int64_t Dh, DType) {
   RA_CUDA_ENTRY();
   if (B <= 0 || N <= 0 || H <= 0 || Dh <= 0) return Status::Ok();
   const int64_t D = H * Dh, ld = 3 * D, NN = N * N;
@@ -180,7 +181,7 @@ Status CudaBackend::attention_forward(const float* qkv, float* out, float* saved
 // dq = scale · ds k,  dk = scale · dsᵀ q. Every element of d_qkv is written (beta = 0).
 Status CudaBackend::attention_backward(const float* d_out, const float* qkv, const float* saved,
                                        float* d_qkv, int64_t B, int64_t N, int64_t H,
-                                       int64_t Dh) {
+                                       int64_t Dh, DType) {
   RA_CUDA_ENTRY();
   if (B <= 0 || N <= 0 || H <= 0 || Dh <= 0) return Status::Ok();
   const int64_t D = H * Dh, ld = 3 * D, NN = N * N;

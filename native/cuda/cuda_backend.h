@@ -83,11 +83,13 @@ class CudaBackend final : public Backend {
 
   // Dh = 32 or 64 (fused kernels, attention.cu): saved = lse [B,H,N], then a copy of out
   // [B,N,H,Dh]. Other Dh: saved = the softmax probabilities [B,H,N,N].
-  int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh) const override;
+  int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh,
+                                 DType compute) const override;
   Status attention_forward(const float* qkv, float* out, float* saved, int64_t B, int64_t N,
-                           int64_t H, int64_t Dh) override;
+                           int64_t H, int64_t Dh, DType compute) override;
   Status attention_backward(const float* d_out, const float* qkv, const float* saved,
-                            float* d_qkv, int64_t B, int64_t N, int64_t H, int64_t Dh) override;
+                            float* d_qkv, int64_t B, int64_t N, int64_t H, int64_t Dh,
+                            DType compute) override;
 
   Status dropout_forward(float* z, int64_t n, float p, uint64_t seed, uint64_t stream) override;
   Status dropout_backward(float* dz, int64_t n, float p, uint64_t seed, uint64_t stream) override;

@@ -158,14 +158,14 @@ const std::map<std::string, OpFn>& registry() {
        const int64_t B = c.i("B"), N = c.i("N"), H = c.i("H"), Dh = c.i("Dh"), D = H * Dh;
        RA_RETURN_IF_ERROR(c.inputs({{"qkv", B * N * 3 * D}}));
        RA_RETURN_IF_ERROR(c.zeros("out", B * N * D));
-       RA_RETURN_IF_ERROR(c.zeros("saved", c.be.attention_saved_floats(B, N, H, Dh)));
-       RA_RETURN_IF_ERROR(c.be.attention_forward(c.buf["qkv"], c.buf["out"], c.buf["saved"], B, N, H, Dh));
+       RA_RETURN_IF_ERROR(c.zeros("saved", c.be.attention_saved_floats(B, N, H, Dh, DType::kF32)));
+       RA_RETURN_IF_ERROR(c.be.attention_forward(c.buf["qkv"], c.buf["out"], c.buf["saved"], B, N, H, Dh, DType::kF32));
        RA_RETURN_IF_ERROR(c.get({"out"}));
        if (!c.dout) return Status::Ok();
        RA_RETURN_IF_ERROR(c.grad_of("out", B * N * D));
        RA_RETURN_IF_ERROR(c.zeros("d_qkv", B * N * 3 * D));
        RA_RETURN_IF_ERROR(c.be.attention_backward(c.buf["dy_out"], c.buf["qkv"], c.buf["saved"],
-                                                  c.buf["d_qkv"], B, N, H, Dh));
+                                                  c.buf["d_qkv"], B, N, H, Dh, DType::kF32));
        return c.get({"d_qkv"});
      }},
     {"adapter", [](Context& c) {  // x [M,D], A [R,D], a [R], Bw [D,R/G], b [D] → y [M,D]

@@ -363,7 +363,7 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
       s.z1 = keep && attn_adapter ? take(M * R) : shared_z;
       s.u1 = keep && attn_adapter && all ? take(M * D) : shared_u;
       s.qkv = keep ? take(M * 3 * D) : shared_qkv;
-      s.attn_saved = keep ? take(backend_.attention_saved_floats(B, N, H, c.head_dim())) : nullptr;
+      s.attn_saved = keep ? take(backend_.attention_saved_floats(B, N, H, c.head_dim(), compute_dtype_)) : nullptr;
       s.o = keep && all ? take(M * D) : shared_o;
       s.x_mid = keep ? take(M * D) : shared_x;
       s.mean2 = keep ? take(M) : nullptr;
@@ -530,7 +530,7 @@ Status ViT::forward_compute(int64_t B, bool train) {
                                                     s.mean1, s.rstd1, M, D, c.ln_eps));
     }
     RA_RETURN_IF_ERROR(linear_forward(backend_, qkv_in, M, ref(k.qkv), s.qkv));
-    RA_RETURN_IF_ERROR(backend_.attention_forward(s.qkv, s.o, s.attn_saved, B, N, c.heads, c.head_dim()));
+    RA_RETURN_IF_ERROR(backend_.attention_forward(s.qkv, s.o, s.attn_saved, B, N, c.heads, c.head_dim(), compute_dtype_));
     if (s.x_mid != s.x_in) RA_RETURN_IF_ERROR(backend_.copy(s.x_mid, s.x_in, M * D * sizeof(float)));
     if (s.keep1) {
       RA_RETURN_IF_ERROR(linear_forward(backend_, s.o, M, ref(k.proj), branch_));
@@ -637,7 +637,8 @@ Status ViT::backward(const Target& target, float* loss_host) {
       d_branch = d_branch_;
     }
     RA_RETURN_IF_ERROR(linear_backward(backend_, d_branch, s.o, M, ref(k.proj), d_o_));
-    RA_RETURN_IF_ERROR(backend_.attention_backward(d_o_, s.qkv, s.attn_saved, d_wide_, B, N, c.heads, c.head_dim()));
+    RA_RETURN_IF_ERROR(backend_.attention_backward(d_o_, s.qkv, s.attn_saved, d_wide_, B, N, c.heads, c.head_dim(),
+                                                     compute_dtype_));
     RA_RETURN_IF_ERROR(norm_output(k.norm1, s.x_in, s.a1, k.adapter_attn.A != nullptr));
     RA_RETURN_IF_ERROR(linear_backward(backend_, d_wide_, k.adapter_attn.A ? s.u1 : s.a1, M, ref(k.qkv), d_u_));
     if (k.adapter_attn.A)

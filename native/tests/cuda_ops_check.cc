@@ -568,7 +568,7 @@ void attention_inference_case(Backend& cpu, Backend& gpu, std::vector<Result>* r
       float *pq = nullptr, *po = nullptr;
       st = pool.put(qkv, &pq);
       if (st.ok()) st = pool.alloc(B * N * D, &po);
-      if (st.ok()) st = be[i]->attention_forward(pq, po, nullptr, B, N, H, Dh);
+      if (st.ok()) st = be[i]->attention_forward(pq, po, nullptr, B, N, H, Dh, DType::kF32);
       if (st.ok()) st = pool.get(po, B * N * D, &out[i]);
     }
     results->push_back(st.ok() ? compare("attention", label, "out", out[0], out[1], 1e-5)

@@ -237,8 +237,8 @@ int main(int argc, char** argv) {
     }
     // CPU backend.
     std::vector<float> c_out(B * N * D), c_probs(B * H * N * N), c_dq(B * N * 3 * D);
-    Status st = cpu.attention_forward(qkv.data(), c_out.data(), c_probs.data(), B, N, H, Dh);
-    if (st.ok()) st = cpu.attention_backward(dout.data(), qkv.data(), c_probs.data(), c_dq.data(), B, N, H, Dh);
+    Status st = cpu.attention_forward(qkv.data(), c_out.data(), c_probs.data(), B, N, H, Dh, DType::kF32);
+    if (st.ok()) st = cpu.attention_backward(dout.data(), qkv.data(), c_probs.data(), c_dq.data(), B, N, H, Dh, DType::kF32);
     if (!st.ok()) { std::printf("cpu failed: %s\n", st.message().c_str()); return 1; }
     std::vector<double> r_out, r_dq;
     ref(qkv, dout, B, N, H, Dh, &r_out, &r_dq);

@@ -93,19 +93,21 @@ class PoisonBackend final : public Backend {
     return inner_.gelu_backward_bf16(x, d, n);  // in place
   }
 
-  int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh) const override {
-    return inner_.attention_saved_floats(B, N, H, Dh);
+  int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh,
+                                 DType compute) const override {
+    return inner_.attention_saved_floats(B, N, H, Dh, compute);
   }
   Status attention_forward(const float* qkv, float* out, float* saved, int64_t B, int64_t N,
-                           int64_t H, int64_t Dh) override {
+                           int64_t H, int64_t Dh, DType compute) override {
     RA_RETURN_IF_ERROR(poison(out, B * N * H * Dh));
-    if (saved) RA_RETURN_IF_ERROR(poison(saved, attention_saved_floats(B, N, H, Dh)));
-    return inner_.attention_forward(qkv, out, saved, B, N, H, Dh);
+    if (saved) RA_RETURN_IF_ERROR(poison(saved, attention_saved_floats(B, N, H, Dh, compute)));
+    return inner_.attention_forward(qkv, out, saved, B, N, H, Dh, compute);
   }
   Status attention_backward(const float* d_out, const float* qkv, const float* saved,
-                            float* d_qkv, int64_t B, int64_t N, int64_t H, int64_t Dh) override {
+                            float* d_qkv, int64_t B, int64_t N, int64_t H, int64_t Dh,
+                            DType compute) override {
     RA_RETURN_IF_ERROR(poison(d_qkv, B * N * 3 * H * Dh));
-    return inner_.attention_backward(d_out, qkv, saved, d_qkv, B, N, H, Dh);
+    return inner_.attention_backward(d_out, qkv, saved, d_qkv, B, N, H, Dh, compute);
   }
 
   Status dropout_forward(float* z, int64_t n, float p, uint64_t seed, uint64_t stream) override {
