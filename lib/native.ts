@@ -52,6 +52,25 @@ export interface NativeTensorHandle {
 /** Compute precision of the backbone's Linears (see ViT.dtype). */
 export type ComputeDType = 'float32' | 'bf16';
 
+export interface NativeAdamWHyper {
+  beta1: number;
+  beta2: number;
+  eps: number;
+  step: number;
+  gradScale: number;
+}
+export interface NativeSgdHyper {
+  momentum: number;
+  dampening: number;
+  nesterov: boolean;
+  first: boolean;
+  gradScale: number;
+}
+/** One optimizer update as the fused training step applies it (ViT::train_step). */
+export type NativeUpdate =
+  | { kind: 'adamw'; ranges: Float64Array; hyper: NativeAdamWHyper; clipMaxNorm: number }
+  | { kind: 'sgd'; ranges: Float64Array; hyper: NativeSgdHyper; clipMaxNorm: number };
+
 export interface NativeViTHandle {
   params(): NativeParamInfo[];
   getParam(name: string): Float32Array;
@@ -69,8 +88,15 @@ export interface NativeViTHandle {
   trainableCount(): number;
   rng(): [bigint, bigint];
   setRng(seed: bigint, step: bigint): void;
-  adamwStep(ranges: Float64Array, hyper: { beta1: number; beta2: number; eps: number; step: number; gradScale: number }): void;
-  sgdStep(ranges: Float64Array, hyper: { momentum: number; dampening: number; nesterov: boolean; first: boolean; gradScale: number }): void;
+  adamwStep(ranges: Float64Array, hyper: NativeAdamWHyper): void;
+  sgdStep(ranges: Float64Array, hyper: NativeSgdHyper): void;
+  trainStepAsync(
+    images: NativeTensorHandle,
+    labels: Int32Array | null,
+    soft: Float32Array | null,
+    smoothing: number,
+    update: NativeUpdate,
+  ): Promise<{ loss: number; logits: NativeTensorHandle; gradNorm?: number }>;
   gradSumSquares(): number;
   device(): 'cpu' | 'cuda';
   dtype(): ComputeDType;

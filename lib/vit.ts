@@ -8,7 +8,16 @@ import { ArgumentError, ConfigError, DisposedError, OutOfRangeError, ShapeError,
 import type { MisshapedTensor } from './errors.js';
 import { loadPretrained, type LoadPretrainedOptions, type PretrainedReport } from './io/pretrained.js';
 import { readSafetensors, toFloat32, writeSafetensors, type TensorInput } from './io/safetensors.js';
-import { call, callAsync, native, type ComputeDType, type NativeParamInfo, type NativeViTHandle, type TrainableSet } from './native.js';
+import {
+  call,
+  callAsync,
+  native,
+  type ComputeDType,
+  type NativeParamInfo,
+  type NativeUpdate,
+  type NativeViTHandle,
+  type TrainableSet,
+} from './native.js';
 import { Tensor } from './tensor.js';
 
 export interface ParamInfo {
@@ -230,6 +239,20 @@ export class ViT implements Disposable {
     return callAsync(() => handle.backwardAsync(labels, soft, smoothing));
   }
 
+  /**
+   * @internal The model's half of Optimizer.trainStep(): forward, loss, backward and `update`
+   * in one native call on the compute thread.
+   */
+  async trainStepAsync(images: Tensor, target: Target, update: NativeUpdate): Promise<{ loss: number; logits: Tensor; gradNorm?: number }> {
+    const handle = this.handle();
+    if (!this.#training) throw new ArgumentError('trainStep needs the model in training mode: call model.train() first');
+    const raw = this.#images(images);
+    const [labels, soft, smoothing] = this.#target(target, images.shape[0]);
+    const r = await callAsync(() => handle.trainStepAsync(raw, labels, soft, smoothing, update));
+    this.#batch = images.shape[0];
+    return { loss: r.loss, logits: Tensor.adopt(r.logits), ...(r.gradNorm !== undefined ? { gradNorm: r.gradNorm } : {}) };
+  }
+
   /** d loss / d images [B, 3, S, S] of the last backward after forward(…, { inputGrad: true }). */
   inputGrad(): Tensor {
     return Tensor.adopt(call(() => this.handle().inputGrad()));
@@ -355,10 +378,11 @@ export class ViT implements Disposable {
     return images.handle();
   }
 
-  #target(target: Target): [Int32Array | null, Float32Array | null, number] {
-    if (!this.#training || this.#batch === 0)
+  /** The target of a batch of B images: by default the last forward's, which must have trained. */
+  #target(target: Target, batch?: number): [Int32Array | null, Float32Array | null, number] {
+    if (batch === undefined && (!this.#training || this.#batch === 0))
       throw new ArgumentError('backward needs a forward in training mode first: call model.train(), then forward()');
-    const B = this.#batch;
+    const B = batch ?? this.#batch;
     const C = this.config.numClasses;
     if (target && typeof target === 'object' && 'labels' in target) {
       const smoothing = target.labelSmoothing ?? 0;

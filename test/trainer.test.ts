@@ -78,10 +78,11 @@ test('resume continues bit for bit, after an epoch and after a stop in the middl
     using first = model();
     const t1 = trainer(first);
     let steps = 0;
-    const originalStep = t1.optimizer.step.bind(t1.optimizer);
-    t1.optimizer.step = () => {
+    // Each batch is one trainStep (forward, backward and update in one call).
+    const originalStep = t1.optimizer.trainStep.bind(t1.optimizer);
+    t1.optimizer.trainStep = (images, target) => {
       if (++steps === 9) stopper.abort();
-      return originalStep();
+      return originalStep(images, target);
     };
     const part = await t1.fit(train, { ...fitOptions, checkpointDir: dir, signal: stopper.signal });
     t.true(part.interrupted);

@@ -22,6 +22,7 @@ export {
   type ParamGroup,
   type ParamFilter,
   type StepResult,
+  type TrainStepResult,
   type OptimizerState,
 } from './optimizer.js';
 export type { Schedule, SchedulePosition, ScheduleSpec, CosineOptions, StepOptions } from './schedules.js';

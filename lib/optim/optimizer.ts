@@ -26,8 +26,9 @@
  * hyperparameters merged, and rebuilt only when a group's lr or weight decay changes.
  */
 import { ArgumentError, ConfigError, StateDictError, expected, formatValue } from '../errors.js';
-import { call, type NativeParamInfo, type NativeViTHandle, type TrainableSet } from '../native.js';
-import type { ParamInfo, ViT } from '../vit.js';
+import { call, type NativeAdamWHyper, type NativeParamInfo, type NativeSgdHyper, type NativeViTHandle, type TrainableSet } from '../native.js';
+import type { Tensor } from '../tensor.js';
+import type { ParamInfo, Target, ViT } from '../vit.js';
 import type { Schedule, SchedulePosition } from './schedules.js';
 
 /** Selects parameters: a predicate, a RegExp tested on the name, or a list of names. */
@@ -94,6 +95,14 @@ export interface StepResult {
   gradNorm?: number;
   /** The factor the raw accumulated gradient was multiplied by (1/k · clip coefficient). */
   gradScale?: number;
+}
+
+/** What one trainStep() did: the batch's loss and logits, and the update. */
+export interface TrainStepResult {
+  loss: number;
+  /** [B, numClasses], of the training forward (dropout and drop path on). */
+  logits: Tensor;
+  update: StepResult;
 }
 
 /** An optimizer's complete state: what a checkpoint needs to resume exactly. */
@@ -228,7 +237,8 @@ export abstract class Optimizer {
   /** State slots the update uses (with the given hyperparameters, else the current ones). */
   protected abstract slotNames(hyper?: Record<string, unknown>): string[];
   /** One fused native update over `ranges`. */
-  protected abstract update(handle: NativeViTHandle, ranges: Float64Array, step: number, gradScale: number): void;
+  /** The native hyperparameters of update number `step` (from 1) on gradients scaled by gradScale. */
+  protected abstract nativeHyper(step: number, gradScale: number): NativeAdamWHyper | NativeSgdHyper;
   /** Subclass hyperparameters as JSON. */
   protected abstract hyper(): Record<string, number | boolean | number[]>;
   protected abstract setHyper(h: Record<string, unknown>): void;
@@ -343,11 +353,50 @@ export abstract class Optimizer {
     }
     const ranges = this.#currentRanges();
     const step = this.#step + 1;
-    if (this.#numel > 0) this.update(handle, ranges, step, gradScale);
+    if (this.#numel > 0) {
+      const hyper = this.nativeHyper(step, gradScale);
+      if (this.kind === 'adamw') call(() => handle.adamwStep(ranges, hyper as NativeAdamWHyper));
+      else call(() => handle.sgdStep(ranges, hyper as NativeSgdHyper));
+    }
     this.#step = step;
     this.#pending = 0;
     call(() => handle.zeroGrad());
     return { updated: true, step, gradScale, ...(gradNorm !== undefined ? { gradNorm } : {}) };
+  }
+
+  /**
+   * A whole training step in one native call: the model's forward on `images` (in training
+   * mode), the loss against `target`, backward, this optimizer's update (clipping included) and
+   * zeroed gradients — the same arithmetic as forward(), backward() and step() in turn. On a CUDA
+   * model with `cudaGraphs`, the step is recorded once per shape and replayed as one graph.
+   * Needs `accumulate: 1` and no pending micro-batches.
+   */
+  async trainStep(images: Tensor, target: Target): Promise<TrainStepResult> {
+    this.#attached();
+    const model = this.#model!;
+    if (this.#accumulate !== 1)
+      throw new ArgumentError(`trainStep updates every batch: it needs accumulate 1, this optimizer has ${this.#accumulate}`);
+    if (this.#pending > 0)
+      throw new ArgumentError(`trainStep cannot start with ${this.#pending} micro-batch(es) pending: call flush() or zeroGrad() first`);
+    const ranges = this.#currentRanges();
+    const step = this.#step + 1;
+    const clipMaxNorm = this.#clip ?? 0;
+    const update = { ranges, clipMaxNorm, hyper: this.nativeHyper(step, 1) } as const;
+    const result = await model.trainStepAsync(
+      images,
+      target,
+      this.kind === 'adamw'
+        ? { kind: 'adamw', ...update, hyper: update.hyper as NativeAdamWHyper }
+        : { kind: 'sgd', ...update, hyper: update.hyper as NativeSgdHyper },
+    );
+    this.#step = step;
+    const { gradNorm } = result;
+    const gradScale = gradNorm !== undefined ? clipCoefficient(gradNorm, clipMaxNorm) : 1;
+    return {
+      loss: result.loss,
+      logits: result.logits,
+      update: { updated: true, step, gradScale, ...(gradNorm !== undefined ? { gradNorm } : {}) },
+    };
   }
 
   /** The ranges for the current group hyperparameters; rebuilt only when they changed. */
@@ -614,8 +663,8 @@ export class AdamW extends Optimizer {
     return ['exp_avg', 'exp_avg_sq'];
   }
 
-  protected update(handle: NativeViTHandle, ranges: Float64Array, step: number, gradScale: number): void {
-    call(() => handle.adamwStep(ranges, { beta1: this.#beta1, beta2: this.#beta2, eps: this.#eps, step, gradScale }));
+  protected nativeHyper(step: number, gradScale: number): NativeAdamWHyper {
+    return { beta1: this.#beta1, beta2: this.#beta2, eps: this.#eps, step, gradScale };
   }
 
   protected hyper(): Record<string, number | boolean | number[]> {
@@ -678,17 +727,9 @@ export class SGD extends Optimizer {
     return momentum !== 0 ? ['momentum_buffer'] : [];
   }
 
-  protected update(handle: NativeViTHandle, ranges: Float64Array, step: number, gradScale: number): void {
+  protected nativeHyper(step: number, gradScale: number): NativeSgdHyper {
     // The momentum buffer starts as the first gradient (torch: buf = clone(d_p)) on the first update.
-    call(() =>
-      handle.sgdStep(ranges, {
-        momentum: this.#momentum,
-        dampening: this.#dampening,
-        nesterov: this.#nesterov,
-        first: step === 1,
-        gradScale,
-      }),
-    );
+    return { momentum: this.#momentum, dampening: this.#dampening, nesterov: this.#nesterov, first: step === 1, gradScale };
   }
 
   protected hyper(): Record<string, number | boolean | number[]> {

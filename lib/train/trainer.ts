@@ -1,13 +1,14 @@
 /**
  * Trainer: the paper's training loop over the package's pieces. One epoch = the loader's
- * batches, each a forward and backward on the addon's compute thread and one fused optimizer
- * update; the schedule sets the lr before each update; evaluation every N epochs; checkpoints
+ * batches, each one Optimizer.trainStep (forward, backward and update in one native call on the
+ * addon's compute thread; with gradient accumulation, forward and backward per micro-batch and an
+ * update every k); the schedule sets the lr before each update; evaluation every N epochs; checkpoints
  * through a keeper (last k and the best), a JSON-lines log, a progress line, and a plot at the end.
  *
  * Stopping: SIGINT / SIGTERM finish the step in flight, save a checkpoint (with the exact data
  * position, so a resume continues mid-epoch) and return with `interrupted`. A non-finite loss
  * stops the run with NonFiniteLossError before anything is saved, so the last good checkpoint
- * stays the newest.
+ * stays the newest (the model in memory has taken that step's update).
  */
 import { appendFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
@@ -253,11 +254,20 @@ export class Trainer {
           if (this.schedule)
             this.optimizer.applySchedule(this.schedule, { epoch, update: this.optimizer.stepCount, updatesPerEpoch });
           lr = this.optimizer.lr;
-          const logits = await this.model.forwardAsync(batch.images);
-          logits.dispose();
-          const loss = await this.model.backwardAsync(
-            batch.softTargets ? { softTargets: batch.softTargets } : { labels: batch.labels, labelSmoothing: smoothing },
-          );
+          const target = batch.softTargets ? { softTargets: batch.softTargets } : { labels: batch.labels, labelSmoothing: smoothing };
+          // One native call per batch where each batch updates (on a GPU with cudaGraphs, one
+          // recorded graph); accumulation needs the loss of each micro-batch on its own.
+          const fused = this.optimizer.accumulate === 1;
+          let loss: number;
+          if (fused) {
+            const result = await this.optimizer.trainStep(batch.images, target);
+            result.logits.dispose();
+            loss = result.loss;
+          } else {
+            const logits = await this.model.forwardAsync(batch.images);
+            logits.dispose();
+            loss = await this.model.backwardAsync(target);
+          }
           if (!Number.isFinite(loss)) {
             await log({ type: 'error', epoch, step: batch.index, loss: String(loss) });
             throw new NonFiniteLossError(
@@ -265,7 +275,7 @@ export class Trainer {
                 'training stopped and nothing was saved after the last good checkpoint. A lower lr or clipGradNorm may help.',
             );
           }
-          this.optimizer.step();
+          if (!fused) this.optimizer.step();
           lossSum += loss;
           steps++;
           images += batch.labels.length;

@@ -64,6 +64,29 @@ struct SgdStep {
   float grad_scale = 1.0f;
 };
 
+// ---- what the optimizer ops read from backend memory ---------------------------------------------
+// Every value that changes from one training step to the next (the learning rates of a schedule,
+// Adam's bias corrections, the gradient scale, the dropout key) is read by the ops from backend
+// memory, where the host writes it before the step: so a recorded step (a CUDA graph) replays
+// with the current values instead of the ones it was recorded with. The host derives them once,
+// in double where torch derives them in Python (optimizer_step.h), for every backend alike.
+
+// One range of an update: `start` in the concatenation of all ranges, `offset` in the flat
+// buffers, and two per-range scalars — AdamW: a = lr / (1 − β1ᵗ) (the step size), b = 1 − lr·wd
+// (the decoupled decay factor); SGD: a = lr, b = wd.
+struct UpdateJob {
+  int64_t start = 0, offset = 0, n = 0;
+  float a = 0.0f, b = 0.0f;
+};
+// The scalars every range shares. w1 = 1 − β1 and w2 = 1 − β2 are rounded once from double.
+struct AdamWScalars {
+  float w1 = 0, b2 = 0, w2 = 0, eps = 0, bias2_sqrt = 1, grad_scale = 1;
+};
+struct SgdScalars {
+  float momentum = 0, dampening = 0, grad_scale = 1;
+  int32_t nesterov = 0, first = 1;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -139,12 +162,14 @@ class Backend {
                                     DType compute) = 0;
 
   // ---- RepAdapter pieces (cpu/adapter.cc); the dense down-projection is a gemm -------------
-  // Inverted dropout on z [n] in place; the mask is uniform01(seed, stream, i) >= p.
+  // Inverted dropout on z [n] in place; the mask is uniform01(seed, *step_key ^ site, i) >= p.
+  // step_key (one value in backend memory) changes every training step, so the masks do; site
+  // tells the dropouts of one step apart.
   virtual Status dropout_forward(float* z, int64_t n, float p, uint64_t seed,
-                                 uint64_t stream) = 0;
+                                 const uint64_t* step_key, uint64_t site) = 0;
   // The same mask applied to the gradient, in place.
   virtual Status dropout_backward(float* dz, int64_t n, float p, uint64_t seed,
-                                  uint64_t stream) = 0;
+                                  const uint64_t* step_key, uint64_t site) = 0;
   // Group-sparse up-projection with the skip: y = x + s · (B̂ z + b).
   // x, y: [M, D]; z: [M, R]; w (conv_B): [D, R/G]; b: [D]. Output group k (columns
   // k·D/G … (k+1)·D/G) reads z columns k·R/G … (k+1)·R/G only. x may equal y.
@@ -160,7 +185,8 @@ class Backend {
   // layernorm_backward and the adapter ops above):
   //   a = LN(x; ln_w, ln_b, eps),  z = dropout(A a + a_bias),  u = a + s · (B̂ z + up_b),
   // exactly layernorm_forward, the down-projection gemm, dropout_forward (mask
-  // uniform01(seed, stream, i) ≥ p on z's flat index i = m·R + r; p = 0: no dropout) and
+  // uniform01(seed, *step_key ^ site, i) ≥ p on z's flat index i = m·R + r; p = 0: no dropout,
+  // and step_key may be null) and
   // adapter_up_forward composed, up to float rounding.
   // x: [M, D] with rows ldx apart; A (conv_A): [R, D]; a_bias: [R]; up_w (conv_B): [D, R/G];
   // up_b: [D]. Outputs: u [M, D]; z [M, R]; a [M, D], mean [M], rstd [M] only where given
@@ -169,7 +195,8 @@ class Backend {
                                            const float* ln_b, float eps, const float* A,
                                            const float* a_bias, const float* up_w,
                                            const float* up_b, float scale, float p,
-                                           uint64_t seed, uint64_t stream, float* a, float* z,
+                                           uint64_t seed, const uint64_t* step_key,
+                                           uint64_t site, float* a, float* z,
                                            float* u, float* mean, float* rstd, int64_t M,
                                            int64_t D, int64_t R, int64_t G) = 0;
   // Structural re-parameterisation into the Linear (W [O, D], c [O]) that reads the adapter:
@@ -199,24 +226,35 @@ class Backend {
 
   // ---- optimizer updates: one fused pass over every range of the flat buffers, each range
   // with its own lr and weight decay; ranges must not overlap (cpu/optimizer.cc) ----------------
+  // `jobs` (count of them, Σ n = total) and the scalars lie in backend memory (see UpdateJob);
+  // g = grad · grad_scale first.
   // AdamW exactly as torch.optim.AdamW: p ← p·(1 − lr·wd); m ← β1·m + (1−β1)·g;
   // v ← β2·v + (1−β2)·g²; p ← p − lr·(m/(1−β1ᵗ)) / (√(v/(1−β2ᵗ)) + eps).
   virtual Status adamw_update(float* param, const float* grad, float* m, float* v,
-                              const UpdateRange* ranges, int64_t count, const AdamWStep& s) = 0;
+                              const UpdateJob* jobs, int64_t count, int64_t total,
+                              const AdamWScalars* s) = 0;
   // SGD exactly as torch.optim.SGD: g ← g + wd·p; buf ← momentum·buf + (1−dampening)·g (buf ← g
   // on the first step); g ← nesterov ? g + momentum·buf : buf; p ← p − lr·g. buf may be null
   // without momentum.
-  virtual Status sgd_update(float* param, const float* grad, float* buf,
-                            const UpdateRange* ranges, int64_t count, const SgdStep& s) = 0;
-  // Σ x² in float64, written to host memory (the global norm for gradient clipping).
-  virtual Status sum_squares(const float* x, int64_t n, double* host_out) = 0;
+  virtual Status sgd_update(float* param, const float* grad, float* buf, const UpdateJob* jobs,
+                            int64_t count, int64_t total, const SgdScalars* s) = 0;
+  // Σ x² in float64, written to one double in backend memory (the global gradient norm²).
+  virtual Status sum_squares(const float* x, int64_t n, double* out) = 0;
+  // Clipping by global norm without a trip to the host: with norm = √sum_squares · pre_scale,
+  //   *grad_scale = pre_scale · min(1, max_norm / (norm + 1e-6))
+  // (torch's clip_grad_norm_ on gradients scaled by pre_scale), rounded once to float.
+  // sum_squares and grad_scale lie in backend memory.
+  virtual Status clip_grad_scale(const double* sum_squares, double pre_scale, double max_norm,
+                                 float* grad_scale) = 0;
 
   // ---- recorded graphs (CUDA graphs); optional ------------------------------------------------
   // Between begin_capture and end_capture the backend records the ops it is given instead of
   // running them; replay runs the recording, with the pointers and scalars it was made with.
   // Every buffer the ops use (the backend's scratch too) must already exist, and no op may wait
   // for the device or copy from host memory while recording. end_capture always ends the
-  // recording, also after a failed op. Backends without graphs answer Unavailable.
+  // recording, also after a failed op. Backends without graphs answer Unavailable. replay also
+  // answers Unavailable for a recording whose buffers the backend has since moved (its scratch
+  // grew): the caller drops it and records again.
   virtual Status begin_capture() { return Unavailable(std::string(name()) + " records no graphs"); }
   virtual Status end_capture(void** graph) {
     *graph = nullptr;

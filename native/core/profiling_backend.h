@@ -87,11 +87,11 @@ class ProfilingBackend final : public Backend {
     return time("attention_backward", 8.0 * B * H * N * N * Dh,
                 [&] { return inner_.attention_backward(d_out, qkv, saved, d_qkv, B, N, H, Dh, compute); });
   }
-  Status dropout_forward(float* z, int64_t n, float p, uint64_t seed, uint64_t stream) override {
-    return time("dropout", 0, [&] { return inner_.dropout_forward(z, n, p, seed, stream); });
+  Status dropout_forward(float* z, int64_t n, float p, uint64_t seed, const uint64_t* key, uint64_t site) override {
+    return time("dropout", 0, [&] { return inner_.dropout_forward(z, n, p, seed, key, site); });
   }
-  Status dropout_backward(float* dz, int64_t n, float p, uint64_t seed, uint64_t stream) override {
-    return time("dropout", 0, [&] { return inner_.dropout_backward(dz, n, p, seed, stream); });
+  Status dropout_backward(float* dz, int64_t n, float p, uint64_t seed, const uint64_t* key, uint64_t site) override {
+    return time("dropout", 0, [&] { return inner_.dropout_backward(dz, n, p, seed, key, site); });
   }
   Status adapter_up_forward(const float* x, const float* z, const float* w, const float* b, float* y, int64_t M,
                             int64_t D, int64_t R, int64_t G, float scale) override {
@@ -105,11 +105,12 @@ class ProfilingBackend final : public Backend {
   }
   Status layernorm_adapter_forward(const float* x, int64_t ldx, const float* ln_w, const float* ln_b, float eps,
                                    const float* A, const float* a_bias, const float* up_w, const float* up_b,
-                                   float scale, float p, uint64_t seed, uint64_t stream, float* a, float* z, float* u,
-                                   float* mean, float* rstd, int64_t M, int64_t D, int64_t R, int64_t G) override {
+                                   float scale, float p, uint64_t seed, const uint64_t* key, uint64_t site, float* a,
+                                   float* z, float* u, float* mean, float* rstd, int64_t M, int64_t D, int64_t R,
+                                   int64_t G) override {
     return time("layernorm_adapter_forward", 2.0 * M * D * R + 2.0 * M * D * R / G, [&] {
-      return inner_.layernorm_adapter_forward(x, ldx, ln_w, ln_b, eps, A, a_bias, up_w, up_b, scale, p, seed, stream,
-                                              a, z, u, mean, rstd, M, D, R, G);
+      return inner_.layernorm_adapter_forward(x, ldx, ln_w, ln_b, eps, A, a_bias, up_w, up_b, scale, p, seed, key,
+                                              site, a, z, u, mean, rstd, M, D, R, G);
     });
   }
   Status adapter_fold(float* W, float* c, const float* A, const float* a, const float* w, const float* b, int64_t O,
@@ -127,20 +128,23 @@ class ProfilingBackend final : public Backend {
     return time("cross_entropy", 0,
                 [&] { return inner_.cross_entropy(logits, labels, soft, smoothing, loss, d_logits, B, C); });
   }
-  Status adamw_update(float* p, const float* g, float* m, float* v, const UpdateRange* ranges, int64_t count,
-                      const AdamWStep& s) override {
-    return time("optimizer", 0, [&] { return inner_.adamw_update(p, g, m, v, ranges, count, s); });
+  Status adamw_update(float* p, const float* g, float* m, float* v, const UpdateJob* jobs, int64_t count,
+                      int64_t total, const AdamWScalars* s) override {
+    return time("optimizer", 0, [&] { return inner_.adamw_update(p, g, m, v, jobs, count, total, s); });
   }
   // Timing synchronizes after every op, which a recording cannot contain: no graphs here.
   Status begin_capture() override {
     return Unavailable("a profiled model times every op and records no graphs");
   }
-  Status sgd_update(float* p, const float* g, float* buf, const UpdateRange* ranges, int64_t count,
-                    const SgdStep& s) override {
-    return time("optimizer", 0, [&] { return inner_.sgd_update(p, g, buf, ranges, count, s); });
+  Status sgd_update(float* p, const float* g, float* buf, const UpdateJob* jobs, int64_t count, int64_t total,
+                    const SgdScalars* s) override {
+    return time("optimizer", 0, [&] { return inner_.sgd_update(p, g, buf, jobs, count, total, s); });
   }
   Status sum_squares(const float* x, int64_t n, double* out) override {
     return time("sum_squares", 0, [&] { return inner_.sum_squares(x, n, out); });
+  }
+  Status clip_grad_scale(const double* sum_squares, double pre_scale, double max_norm, float* grad_scale) override {
+    return time("optimizer", 0, [&] { return inner_.clip_grad_scale(sum_squares, pre_scale, max_norm, grad_scale); });
   }
 
  private:

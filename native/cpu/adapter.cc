@@ -13,19 +13,21 @@
 
 namespace repadapter {
 
-Status CpuBackend::dropout_forward(float* z, int64_t n, float p, uint64_t seed, uint64_t stream) {
+Status CpuBackend::dropout_forward(float* z, int64_t n, float p, uint64_t seed,
+                                   const uint64_t* step_key, uint64_t site) {
   if (p <= 0.0f) return Status::Ok();
   const float keep_scale = 1.0f / (1.0f - p);
+  const uint64_t stream = *step_key ^ site;
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i)
     z[i] = uniform01(seed, stream, static_cast<uint64_t>(i)) >= p ? z[i] * keep_scale : 0.0f;
   return Status::Ok();
 }
 
-// The mask is recomputed from (seed, stream, i), never stored.
+// The mask is recomputed from (seed, step key, site, i), never stored.
 Status CpuBackend::dropout_backward(float* dz, int64_t n, float p, uint64_t seed,
-                                    uint64_t stream) {
-  return dropout_forward(dz, n, p, seed, stream);
+                                    const uint64_t* step_key, uint64_t site) {
+  return dropout_forward(dz, n, p, seed, step_key, site);
 }
 
 namespace {

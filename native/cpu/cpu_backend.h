@@ -55,8 +55,10 @@ class CpuBackend final : public Backend {
                             float* d_qkv, int64_t B, int64_t N, int64_t H, int64_t Dh,
                             DType compute) override;
 
-  Status dropout_forward(float* z, int64_t n, float p, uint64_t seed, uint64_t stream) override;
-  Status dropout_backward(float* dz, int64_t n, float p, uint64_t seed, uint64_t stream) override;
+  Status dropout_forward(float* z, int64_t n, float p, uint64_t seed, const uint64_t* step_key,
+                         uint64_t site) override;
+  Status dropout_backward(float* dz, int64_t n, float p, uint64_t seed, const uint64_t* step_key,
+                          uint64_t site) override;
   Status adapter_up_forward(const float* x, const float* z, const float* w, const float* b,
                             float* y, int64_t M, int64_t D, int64_t R, int64_t G,
                             float scale) override;
@@ -66,7 +68,8 @@ class CpuBackend final : public Backend {
   Status layernorm_adapter_forward(const float* x, int64_t ldx, const float* ln_w,
                                    const float* ln_b, float eps, const float* A,
                                    const float* a_bias, const float* up_w, const float* up_b,
-                                   float scale, float p, uint64_t seed, uint64_t stream, float* a,
+                                   float scale, float p, uint64_t seed, const uint64_t* step_key,
+                                   uint64_t site, float* a,
                                    float* z, float* u, float* mean, float* rstd, int64_t M,
                                    int64_t D, int64_t R, int64_t G) override;
   Status adapter_fold(float* W, float* c, const float* A, const float* a, const float* w,
@@ -82,11 +85,13 @@ class CpuBackend final : public Backend {
                        float smoothing, float* loss, float* d_logits, int64_t B,
                        int64_t C) override;
 
-  Status adamw_update(float* param, const float* grad, float* m, float* v,
-                      const UpdateRange* ranges, int64_t count, const AdamWStep& s) override;
-  Status sgd_update(float* param, const float* grad, float* buf, const UpdateRange* ranges,
-                    int64_t count, const SgdStep& s) override;
-  Status sum_squares(const float* x, int64_t n, double* host_out) override;
+  Status adamw_update(float* param, const float* grad, float* m, float* v, const UpdateJob* jobs,
+                      int64_t count, int64_t total, const AdamWScalars* s) override;
+  Status sgd_update(float* param, const float* grad, float* buf, const UpdateJob* jobs,
+                    int64_t count, int64_t total, const SgdScalars* s) override;
+  Status sum_squares(const float* x, int64_t n, double* out) override;
+  Status clip_grad_scale(const double* sum_squares, double pre_scale, double max_norm,
+                         float* grad_scale) override;
 };
 
 // The process-wide CPU backend (stateless apart from oneDNN's primitive cache).

@@ -77,7 +77,8 @@ Status CpuBackend::layernorm_adapter_forward(const float* x, int64_t ldx, const 
                                              const float* ln_b, float eps, const float* A,
                                              const float* a_bias, const float* up_w,
                                              const float* up_b, float scale, float p,
-                                             uint64_t seed, uint64_t stream, float* a, float* z,
+                                             uint64_t seed, const uint64_t* step_key,
+                                             uint64_t site, float* a, float* z,
                                              float* u, float* mean, float* rstd, int64_t M,
                                              int64_t D, int64_t R, int64_t G) {
   if (G <= 0 || D % G != 0 || R % G != 0)
@@ -90,7 +91,8 @@ Status CpuBackend::layernorm_adapter_forward(const float* x, int64_t ldx, const 
   for (int64_t d = 0; d < D; ++d)
     for (int64_t j = 0; j < Rg; ++j) wt[j * D + d] = up_w[d * Rg + j];
   const Args f{x, ln_w, ln_b, A, a_bias, wt.data(), up_b, a, z, u, mean, rstd, ldx, D, R, G,
-               eps, scale, p, p > 0.0f ? 1.0f / (1.0f - p) : 1.0f, seed, stream};
+               eps, scale, p, p > 0.0f ? 1.0f / (1.0f - p) : 1.0f, seed,
+               p > 0.0f ? *step_key ^ site : 0};
 #pragma omp parallel
   {
     std::vector<float> scratch(a ? 0 : D);

@@ -10,7 +10,8 @@ namespace {
 // z ← mask ? z · keep_scale : 0, mask = uniform01(seed, stream, i) ≥ p. keep_scale is computed
 // on the host exactly as the CPU computes it.
 __global__ void dropout_kernel(float* z, int64_t n, float p, float keep_scale, uint64_t seed,
-                               uint64_t stream) {
+                               const uint64_t* step_key, uint64_t site) {
+  const uint64_t stream = *step_key ^ site;
   RA_GRID_LOOP(i, n) {
     z[i] = uniform01(seed, stream, static_cast<uint64_t>(i)) >= p ? __fmul_rn(z[i], keep_scale) : 0.0f;
   }
@@ -115,18 +116,20 @@ __global__ void fold_update_kernel(float* W, float* c, const float* A, const dou
 
 }  // namespace
 
-Status CudaBackend::dropout_forward(float* z, int64_t n, float p, uint64_t seed, uint64_t stream) {
+// The step key is read on the device, so a recorded step draws the replayed step's masks.
+Status CudaBackend::dropout_forward(float* z, int64_t n, float p, uint64_t seed,
+                                    const uint64_t* step_key, uint64_t site) {
   if (p <= 0.0f || n <= 0) return Status::Ok();
   RA_CUDA_ENTRY();
   const float keep_scale = 1.0f / (1.0f - p);
-  dropout_kernel<<<blocks_for(n), 256, 0, stream_>>>(z, n, p, keep_scale, seed, stream);
+  dropout_kernel<<<blocks_for(n), 256, 0, stream_>>>(z, n, p, keep_scale, seed, step_key, site);
   return launched("dropout");
 }
 
-// The mask is recomputed from (seed, stream, i), never stored.
+// The mask is recomputed from (seed, step key, site, i), never stored.
 Status CudaBackend::dropout_backward(float* dz, int64_t n, float p, uint64_t seed,
-                                     uint64_t stream) {
-  return dropout_forward(dz, n, p, seed, stream);
+                                     const uint64_t* step_key, uint64_t site) {
+  return dropout_forward(dz, n, p, seed, step_key, site);
 }
 
 Status CudaBackend::adapter_up_forward(const float* x, const float* z, const float* w,

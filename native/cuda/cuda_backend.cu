@@ -82,6 +82,7 @@ Status CudaBackend::scratch(size_t bytes, void** out) {
     }
     scratch_ = p;
     scratch_bytes_ = want;
+    ++scratch_generation_;
   }
   *out = scratch_;
   return Status::Ok();
@@ -207,18 +208,23 @@ Status CudaBackend::end_capture(void** out) {
     return from_cuda(made, "cudaGraphInstantiate");
   }
   *out = exec;
+  graph_generation_[exec] = scratch_generation_;
   return Status::Ok();
 }
 
 Status CudaBackend::replay(void* graph) {
   RA_CUDA_ENTRY();
   if (!graph) return InvalidArgument("replay: no graph");
+  const auto made = graph_generation_.find(graph);
+  if (made == graph_generation_.end() || made->second != scratch_generation_)
+    return Unavailable("replay: the recording reads a scratch buffer that has since moved; record it again");
   return from_cuda(cudaGraphLaunch(static_cast<cudaGraphExec_t>(graph), stream_), "cudaGraphLaunch");
 }
 
 void CudaBackend::release_graph(void* graph) {
   if (!graph) return;
   std::lock_guard<std::recursive_mutex> lock(mutex_);
+  graph_generation_.erase(graph);
   if (make_current().ok()) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(graph));
 }
 

@@ -6,8 +6,8 @@
 // cuda_backend.cu), so the core and the Node addon load on machines without CUDA or cuBLAS.
 //
 // Execution model: all work goes to one non-blocking stream owned by the backend, in call order.
-// Ops return as soon as their kernels are queued; download(), synchronize() and a cross_entropy
-// against integer labels (which must check the labels) wait for the stream. Errors of
+// Ops return as soon as their kernels are queued; download(), synchronize() and, outside a
+// recording, a cross_entropy against integer labels (which checks the labels) wait for the stream. Errors of
 // asynchronous work surface at the next call that checks (each launch, synchronize, download).
 //
 // Threads: every entry point takes one recursive mutex and makes the backend's device current
@@ -91,8 +91,10 @@ class CudaBackend final : public Backend {
                             float* d_qkv, int64_t B, int64_t N, int64_t H, int64_t Dh,
                             DType compute) override;
 
-  Status dropout_forward(float* z, int64_t n, float p, uint64_t seed, uint64_t stream) override;
-  Status dropout_backward(float* dz, int64_t n, float p, uint64_t seed, uint64_t stream) override;
+  Status dropout_forward(float* z, int64_t n, float p, uint64_t seed, const uint64_t* step_key,
+                         uint64_t site) override;
+  Status dropout_backward(float* dz, int64_t n, float p, uint64_t seed, const uint64_t* step_key,
+                          uint64_t site) override;
   Status adapter_up_forward(const float* x, const float* z, const float* w, const float* b,
                             float* y, int64_t M, int64_t D, int64_t R, int64_t G,
                             float scale) override;
@@ -102,7 +104,8 @@ class CudaBackend final : public Backend {
   Status layernorm_adapter_forward(const float* x, int64_t ldx, const float* ln_w,
                                    const float* ln_b, float eps, const float* A,
                                    const float* a_bias, const float* up_w, const float* up_b,
-                                   float scale, float p, uint64_t seed, uint64_t stream, float* a,
+                                   float scale, float p, uint64_t seed, const uint64_t* step_key,
+                                   uint64_t site, float* a,
                                    float* z, float* u, float* mean, float* rstd, int64_t M,
                                    int64_t D, int64_t R, int64_t G) override;
   Status adapter_fold(float* W, float* c, const float* A, const float* a, const float* w,
@@ -118,11 +121,13 @@ class CudaBackend final : public Backend {
                        float smoothing, float* loss, float* d_logits, int64_t B,
                        int64_t C) override;
 
-  Status adamw_update(float* param, const float* grad, float* m, float* v,
-                      const UpdateRange* ranges, int64_t count, const AdamWStep& s) override;
-  Status sgd_update(float* param, const float* grad, float* buf, const UpdateRange* ranges,
-                    int64_t count, const SgdStep& s) override;
-  Status sum_squares(const float* x, int64_t n, double* host_out) override;
+  Status adamw_update(float* param, const float* grad, float* m, float* v, const UpdateJob* jobs,
+                      int64_t count, int64_t total, const AdamWScalars* s) override;
+  Status sgd_update(float* param, const float* grad, float* buf, const UpdateJob* jobs,
+                    int64_t count, int64_t total, const SgdScalars* s) override;
+  Status sum_squares(const float* x, int64_t n, double* out) override;
+  Status clip_grad_scale(const double* sum_squares, double pre_scale, double max_norm,
+                         float* grad_scale) override;
 
   // ---- internals shared by the op files (not part of the Backend interface) ---------------
   // The matrix-product precision. kFp32 (the default) is CUBLAS_COMPUTE_32F: true float32
@@ -142,9 +147,6 @@ class CudaBackend final : public Backend {
   // order and under the backend's lock, so one buffer serves them all; growing it frees the old
   // one, which cudaFree does only after all queued work has finished.
   Status scratch(size_t bytes, void** out);
-  // The optimizer ops' range table in device scratch (optimizer.cu).
-  Status upload_ranges(const UpdateRange* ranges, int64_t count, bool adamw, double bias1,
-                       void** jobs, int64_t* jobs_count, int64_t* total);
   // The status of the kernel launched last: its launch error, or an earlier asynchronous one.
   Status launched(const char* kernel) const;
   // A non-kernel CUDA runtime call's error as a Status naming the call.
@@ -194,6 +196,10 @@ class CudaBackend final : public Backend {
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
   bool capturing_ = false;  // between begin_capture and end_capture
+  // Recordings bake in the scratch address; growing the scratch frees it. Each recording keeps
+  // the generation it was made in, and replay refuses one made before the scratch last moved.
+  uint64_t scratch_generation_ = 0;
+  std::map<void*, uint64_t> graph_generation_;
   std::map<GemmKey, std::unique_ptr<GemmPlan>> plans_;
   mutable std::recursive_mutex mutex_;
 

@@ -20,7 +20,8 @@ struct Args {
   float *a, *z, *u, *mean, *rstd;
   int64_t ldx, D, R, G;
   float eps, scale, p, keep_scale;
-  uint64_t seed, stream;
+  uint64_t seed, site;
+  const uint64_t* step_key;  // read on the device: a recorded step draws the replayed step's masks
 };
 
 // Shared memory holds D + R floats per warp: the row (x, then a in its place) and its z.
@@ -33,6 +34,7 @@ __global__ void layernorm_adapter_kernel(Args f, int64_t M) {
   float* row = shared + warp * (D + R);
   float* zs = row + D;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * warps_per_block;
+  const uint64_t stream = f.p > 0.0f ? *f.step_key ^ f.site : 0;
   for (int64_t m = static_cast<int64_t>(blockIdx.x) * warps_per_block + warp; m < M; m += warps) {
     const float* xr = f.x + m * f.ldx;
     for (int64_t d = lane; d < D; d += 32) row[d] = xr[d];
@@ -57,7 +59,7 @@ __global__ void layernorm_adapter_kernel(Args f, int64_t M) {
       dot = cuda_detail::warp_sum(dot);
       float v = __fadd_rn(static_cast<float>(dot), f.a_bias[j]);
       if (f.p > 0.0f)
-        v = uniform01(f.seed, f.stream, static_cast<uint64_t>(m * R + j)) >= f.p ? __fmul_rn(v, f.keep_scale) : 0.0f;
+        v = uniform01(f.seed, stream, static_cast<uint64_t>(m * R + j)) >= f.p ? __fmul_rn(v, f.keep_scale) : 0.0f;
       if (lane == 0) {
         zs[j] = v;
         f.z[m * R + j] = v;
@@ -83,7 +85,8 @@ Status CudaBackend::layernorm_adapter_forward(const float* x, int64_t ldx, const
                                               const float* ln_b, float eps, const float* A,
                                               const float* a_bias, const float* up_w,
                                               const float* up_b, float scale, float p,
-                                              uint64_t seed, uint64_t stream, float* a, float* z,
+                                              uint64_t seed, const uint64_t* step_key,
+                                              uint64_t site, float* a, float* z,
                                               float* u, float* mean, float* rstd, int64_t M,
                                               int64_t D, int64_t R, int64_t G) {
   RA_CUDA_ENTRY();
@@ -101,7 +104,7 @@ Status CudaBackend::layernorm_adapter_forward(const float* x, int64_t ldx, const
   const unsigned blocks = static_cast<unsigned>(
       std::max<int64_t>(1, std::min<int64_t>(needed, static_cast<int64_t>(sm_count()) * 16)));
   const Args f{x, ln_w, ln_b, A, a_bias, up_w, up_b, a, z, u, mean, rstd, ldx, D, R, G,
-               eps, scale, p, p > 0.0f ? 1.0f / (1.0f - p) : 1.0f, seed, stream};
+               eps, scale, p, p > 0.0f ? 1.0f / (1.0f - p) : 1.0f, seed, site, step_key};
   layernorm_adapter_kernel<<<blocks, 32 * warps_per_block, warps_per_block * row_bytes, stream_>>>(f, M);
   return launched("layernorm_adapter_forward");
 }

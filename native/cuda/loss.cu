@@ -4,7 +4,8 @@
 //
 // One block per row, then one thread adds the rows' losses in order (deterministic). Integer
 // labels are checked on the device; a bad one is reported as the CPU reports it (the first bad
-// sample), which costs one wait for the stream — the caller downloads the loss next anyway.
+// sample), which costs one wait for the stream — the caller downloads the loss next anyway —
+// except while recording a graph, which cannot wait.
 #include <string>
 
 #include "common.cuh"
@@ -60,7 +61,11 @@ __global__ void cross_entropy_rows_kernel(const float* logits, const int32_t* la
 
 __global__ void cross_entropy_total_kernel(const double* row_loss, const int* bad, float* loss,
                                            int64_t B) {
-  if (threadIdx.x != 0 || blockIdx.x != 0 || *bad != 0) return;
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  if (*bad != 0) {  // what a recording, which cannot report the label, leaves behind
+    *loss = __int_as_float(0x7fc00000);
+    return;
+  }
   double total = 0;
   for (int64_t b = 0; b < B; ++b) total += row_loss[b];
   *loss = static_cast<float>(total / static_cast<double>(B));
@@ -86,7 +91,9 @@ Status CudaBackend::cross_entropy(const float* logits, const int32_t* labels,
   RA_RETURN_IF_ERROR(launched("cross_entropy"));
   cross_entropy_total_kernel<<<1, 32, 0, stream_>>>(row_loss, bad, loss, B);
   RA_RETURN_IF_ERROR(launched("cross_entropy (total)"));
-  if (!labels) return Status::Ok();
+  // A recording cannot wait for the check: there the caller has checked the labels on the host
+  // (ViT::backward does), and a bad one would leave a NaN loss.
+  if (!labels || capturing_) return Status::Ok();
   int flag = 0;
   RA_RETURN_IF_ERROR(from_cuda(cudaMemcpyAsync(&flag, bad, sizeof(int), cudaMemcpyDeviceToHost, stream_),
                                "cudaMemcpyAsync (cross_entropy label check)"));

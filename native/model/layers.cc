@@ -41,30 +41,29 @@ Status linear_backward(Backend& be, const float* dy, const float* x, int64_t M,
 }
 
 Status adapter_forward(Backend& be, const AdapterRef& p, const float* x, float* z, float* y,
-                       int64_t M, bool train, uint64_t seed, uint64_t stream) {
+                       int64_t M, bool train, const DropoutDraw& draw) {
   RA_RETURN_IF_ERROR(linear_forward(be, x, M, p.down, z));
   if (train && p.dropout > 0)
-    RA_RETURN_IF_ERROR(be.dropout_forward(z, M * p.R, p.dropout, seed, stream));
+    RA_RETURN_IF_ERROR(be.dropout_forward(z, M * p.R, p.dropout, draw.seed, draw.step_key, draw.site));
   return be.adapter_up_forward(x, z, p.up_w, p.up_b, y, M, p.D, p.R, p.G, p.scale);
 }
 
 Status layernorm_adapter_forward(Backend& be, const float* x, int64_t ldx, const float* w,
                                  const float* b, float eps, const AdapterRef& p, float* a,
                                  float* z, float* u, float* mean, float* rstd, int64_t M,
-                                 bool train, uint64_t seed, uint64_t stream) {
+                                 bool train, const DropoutDraw& draw) {
   const float dropout = train ? p.dropout : 0.0f;
   return be.layernorm_adapter_forward(x, ldx, w, b, eps, p.down.w, p.down.b, p.up_w, p.up_b,
-                                      p.scale, dropout, seed, stream, a, z, u, mean, rstd, M, p.D,
-                                      p.R, p.G);
+                                      p.scale, dropout, draw.seed, draw.step_key, draw.site, a, z,
+                                      u, mean, rstd, M, p.D, p.R, p.G);
 }
 
 Status adapter_backward(Backend& be, const AdapterRef& p, const float* x, const float* z,
-                        float* d, float* dz, int64_t M, bool train, uint64_t seed,
-                        uint64_t stream) {
+                        float* d, float* dz, int64_t M, bool train, const DropoutDraw& draw) {
   RA_RETURN_IF_ERROR(be.adapter_up_backward(d, z, p.up_w, dz, p.d_up_w, p.d_up_b, M, p.D, p.R,
                                             p.G, p.scale));
   if (train && p.dropout > 0)
-    RA_RETURN_IF_ERROR(be.dropout_backward(dz, M * p.R, p.dropout, seed, stream));
+    RA_RETURN_IF_ERROR(be.dropout_backward(dz, M * p.R, p.dropout, draw.seed, draw.step_key, draw.site));
   return linear_backward(be, dz, x, M, p.down, d, 1.0f);
 }
 

@@ -32,9 +32,17 @@ struct AdapterRef {
   float scale, dropout;
 };
 
+// Where an adapter's dropout draws its mask: uniform01(seed, *step_key ^ site, i), step_key in
+// backend memory (backend.h, dropout_forward).
+struct DropoutDraw {
+  uint64_t seed = 0;
+  const uint64_t* step_key = nullptr;
+  uint64_t site = 0;
+};
+
 // z [M, R] keeps dropout(A x + a) for backward; y [M, D] must not alias x.
 Status adapter_forward(Backend& be, const AdapterRef& p, const float* x, float* z, float* y,
-                       int64_t M, bool train, uint64_t seed, uint64_t stream);
+                       int64_t M, bool train, const DropoutDraw& draw);
 // a = LayerNorm(x; w, b, eps) and the adapter on it, u = a + s·(B̂ · dropout(A a + conv_A's
 // bias) + b), in one backend op: adapter_forward after layernorm_forward, one pass over the rows.
 // x: [M, D] rows ldx apart; z [M, R] as adapter_forward keeps it; a [M, D], mean and rstd [M]
@@ -42,11 +50,10 @@ Status adapter_forward(Backend& be, const AdapterRef& p, const float* x, float* 
 Status layernorm_adapter_forward(Backend& be, const float* x, int64_t ldx, const float* w,
                                  const float* b, float eps, const AdapterRef& p, float* a,
                                  float* z, float* u, float* mean, float* rstd, int64_t M,
-                                 bool train, uint64_t seed, uint64_t stream);
+                                 bool train, const DropoutDraw& draw);
 // d holds dy on entry and dx on return (the skip passes dy through, the low-rank path adds);
 // dz [M, R] is scratch.
 Status adapter_backward(Backend& be, const AdapterRef& p, const float* x, const float* z,
-                        float* d, float* dz, int64_t M, bool train, uint64_t seed,
-                        uint64_t stream);
+                        float* d, float* dz, int64_t M, bool train, const DropoutDraw& draw);
 
 }  // namespace repadapter

@@ -3,6 +3,7 @@
 #include <functional>
 #include <memory>
 
+#include "../core/optimizer_step.h"
 #include "layers.h"
 
 namespace repadapter {
@@ -26,6 +27,15 @@ class Buffers {
     entries_[name] = e;
     return be_.fill(e.ptr, std::max<int64_t>(n, 1), 0.0f);
   }
+  // Values the ops read from backend memory as they are (a step key, an update's jobs and
+  // scalars), as raw bytes.
+  template <typename T>
+  Status put_values(const std::string& name, const std::vector<T>& host) {
+    RA_RETURN_IF_ERROR(zeros(name, static_cast<int64_t>((host.size() * sizeof(T) + 3) / 4)));
+    return be_.upload(entries_[name].ptr, host.data(), host.size() * sizeof(T));
+  }
+  template <typename T>
+  T* as(const std::string& name) { return reinterpret_cast<T*>(entries_.at(name).ptr); }
   float* operator[](const std::string& name) { return entries_.at(name).ptr; }
   Status get(const std::string& name, HostTensors* out) {
     std::vector<float>& v = (*out)[name];
@@ -154,18 +164,19 @@ const std::map<std::string, OpFn>& registry() {
        c.out->erase("dy_y");
        return Status::Ok();
      }},
-    {"attention", [](Context& c) {  // qkv [B,N,3D] → out [B,N,D]
+    {"attention", [](Context& c) {  // qkv [B,N,3D] → out [B,N,D]; dtype: 0 float32 (default), 1 bf16 compute
        const int64_t B = c.i("B"), N = c.i("N"), H = c.i("H"), Dh = c.i("Dh"), D = H * Dh;
+       const DType dtype = c.i("dtype") == 1 ? DType::kBF16 : DType::kF32;
        RA_RETURN_IF_ERROR(c.inputs({{"qkv", B * N * 3 * D}}));
        RA_RETURN_IF_ERROR(c.zeros("out", B * N * D));
-       RA_RETURN_IF_ERROR(c.zeros("saved", c.be.attention_saved_floats(B, N, H, Dh, DType::kF32)));
-       RA_RETURN_IF_ERROR(c.be.attention_forward(c.buf["qkv"], c.buf["out"], c.buf["saved"], B, N, H, Dh, DType::kF32));
+       RA_RETURN_IF_ERROR(c.zeros("saved", c.be.attention_saved_floats(B, N, H, Dh, dtype)));
+       RA_RETURN_IF_ERROR(c.be.attention_forward(c.buf["qkv"], c.buf["out"], c.buf["saved"], B, N, H, Dh, dtype));
        RA_RETURN_IF_ERROR(c.get({"out"}));
        if (!c.dout) return Status::Ok();
        RA_RETURN_IF_ERROR(c.grad_of("out", B * N * D));
        RA_RETURN_IF_ERROR(c.zeros("d_qkv", B * N * 3 * D));
        RA_RETURN_IF_ERROR(c.be.attention_backward(c.buf["dy_out"], c.buf["qkv"], c.buf["saved"],
-                                                  c.buf["d_qkv"], B, N, H, Dh, DType::kF32));
+                                                  c.buf["d_qkv"], B, N, H, Dh, dtype));
        return c.get({"d_qkv"});
      }},
     {"adapter", [](Context& c) {  // x [M,D], A [R,D], a [R], Bw [D,R/G], b [D] → y [M,D]
@@ -177,7 +188,10 @@ const std::map<std::string, OpFn>& registry() {
        RA_RETURN_IF_ERROR(c.zeros("z", M * R));
        AdapterRef p{{c.buf["A"], c.buf["a"], nullptr, nullptr, R, D}, c.buf["Bw"], c.buf["b"], nullptr, nullptr,
                     D, R, G, c.f("scale", 1.0f), c.f("dropout")};
-       RA_RETURN_IF_ERROR(adapter_forward(c.be, p, c.buf["x"], c.buf["z"], c.buf["y"], M, train, seed, 7));
+       // The masks' stream is 7 = key 7 ^ site 0, as the tests' reference draws them.
+       RA_RETURN_IF_ERROR(c.buf.put_values<uint64_t>("step_key", {7}));
+       const DropoutDraw draw{seed, c.buf.as<uint64_t>("step_key"), 0};
+       RA_RETURN_IF_ERROR(adapter_forward(c.be, p, c.buf["x"], c.buf["z"], c.buf["y"], M, train, draw));
        RA_RETURN_IF_ERROR(c.get({"y", "z"}));  // z: what backward reads, after dropout
        if (!c.dout) return Status::Ok();
        RA_RETURN_IF_ERROR(c.grad_of("y", M * D));
@@ -189,7 +203,7 @@ const std::map<std::string, OpFn>& registry() {
        p.d_up_w = c.buf["d_Bw"];
        p.d_up_b = c.buf["d_b"];
        RA_RETURN_IF_ERROR(adapter_backward(c.be, p, c.buf["x"], c.buf["z"], c.buf["dy_y"], c.buf["dz"], M,
-                                           train, seed, 7));
+                                           train, draw));
        RA_RETURN_IF_ERROR(c.buf.get("dy_y", c.out));
        (*c.out)["d_x"] = std::move((*c.out)["dy_y"]);
        c.out->erase("dy_y");
@@ -215,10 +229,12 @@ const std::map<std::string, OpFn>& registry() {
        }
        AdapterRef p{{c.buf["A"], c.buf["a"], nullptr, nullptr, R, D}, c.buf["Bw"], c.buf["b"], nullptr, nullptr,
                     D, R, G, c.f("scale", 1.0f), c.f("dropout")};
+       RA_RETURN_IF_ERROR(c.buf.put_values<uint64_t>("step_key", {7}));  // stream 7, as "adapter"
+       const DropoutDraw draw{static_cast<uint64_t>(c.i("seed")), c.buf.as<uint64_t>("step_key"), 0};
        RA_RETURN_IF_ERROR(layernorm_adapter_forward(
            c.be, c.buf["x"], ldx, c.buf["ln_w"], c.buf["ln_b"], c.f("eps", 1e-6f), p, keep ? c.buf["a_out"] : nullptr,
            c.buf["z"], c.buf["u"], keep ? c.buf["mean"] : nullptr, keep ? c.buf["rstd"] : nullptr, M, train,
-           static_cast<uint64_t>(c.i("seed")), 7));
+           draw));
        RA_RETURN_IF_ERROR(c.get({"u", "z"}));
        return keep ? c.get({"a_out", "mean", "rstd"}) : Status::Ok();
      }},
@@ -312,8 +328,13 @@ const std::map<std::string, OpFn>& registry() {
        s.eps = c.f("eps", s.eps); s.step = c.i("step");
        s.grad_scale = c.f("grad_scale", 1.0f);
        const std::vector<UpdateRange> ranges = c.ranges(n, 1e-3f);
-       RA_RETURN_IF_ERROR(c.be.adamw_update(c.buf["param"], c.buf["grad"], c.buf["m"], c.buf["v"], ranges.data(),
-                                            static_cast<int64_t>(ranges.size()), s));
+       int64_t total = 0;
+       const std::vector<UpdateJob> jobs = update_jobs(ranges.data(), static_cast<int64_t>(ranges.size()), &s, &total);
+       RA_RETURN_IF_ERROR(c.buf.put_values("jobs", jobs));
+       RA_RETURN_IF_ERROR(c.buf.put_values("scalars", std::vector<AdamWScalars>{adamw_scalars(s)}));
+       RA_RETURN_IF_ERROR(c.be.adamw_update(c.buf["param"], c.buf["grad"], c.buf["m"], c.buf["v"],
+                                            c.buf.as<UpdateJob>("jobs"), static_cast<int64_t>(jobs.size()), total,
+                                            c.buf.as<AdamWScalars>("scalars")));
        return c.get({"param", "m", "v"});
      }},
     {"sgd", [](Context& c) {  // param, grad, buf [n] → updated param, buf
@@ -324,8 +345,12 @@ const std::map<std::string, OpFn>& registry() {
        s.nesterov = c.i("nesterov") != 0; s.first = c.i("first") != 0;
        s.grad_scale = c.f("grad_scale", 1.0f);
        const std::vector<UpdateRange> ranges = c.ranges(n, 1e-2f);
-       RA_RETURN_IF_ERROR(c.be.sgd_update(c.buf["param"], c.buf["grad"], c.buf["buf"], ranges.data(),
-                                          static_cast<int64_t>(ranges.size()), s));
+       int64_t total = 0;
+       const std::vector<UpdateJob> jobs = update_jobs(ranges.data(), static_cast<int64_t>(ranges.size()), nullptr, &total);
+       RA_RETURN_IF_ERROR(c.buf.put_values("jobs", jobs));
+       RA_RETURN_IF_ERROR(c.buf.put_values("scalars", std::vector<SgdScalars>{sgd_scalars(s)}));
+       RA_RETURN_IF_ERROR(c.be.sgd_update(c.buf["param"], c.buf["grad"], c.buf["buf"], c.buf.as<UpdateJob>("jobs"),
+                                          static_cast<int64_t>(jobs.size()), total, c.buf.as<SgdScalars>("scalars")));
        return c.get({"param", "buf"});
      }},
     {"fold", [](Context& c) {  // W [O,D], c [O], adapter (A, a, Bw, b) → folded W, c

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <unordered_map>
 
+#include "../core/optimizer_step.h"
 #include "../core/rng.h"
 
 namespace repadapter {
@@ -47,6 +48,13 @@ void ViT::free_buffers() {
   backend_.release(state0_);
   backend_.release(state1_);
   backend_.release(bf16_weights_);
+  backend_.release(step_buffer_);
+  step_buffer_ = nullptr;
+  step_key_ = nullptr;
+  grad_sum_squares_ = nullptr;
+  update_scalars_ = nullptr;
+  update_jobs_ = nullptr;
+  job_capacity_ = 0;
   bf16_weights_ = nullptr;
   state0_ = state1_ = nullptr;
   frozen_ = trainable_ = grad_ = nullptr;
@@ -302,8 +310,29 @@ Status ViT::init_params(uint64_t seed) {
   return Status::Ok();
 }
 
-uint64_t ViT::dropout_stream(int64_t block, int which) const {
-  return mix64(step_) ^ (static_cast<uint64_t>(block) << 8 | static_cast<uint64_t>(which));
+// Sites 0 and 1 of a block are its adapters' dropouts, 2 and 3 its drop paths.
+DropoutDraw ViT::dropout_draw(int64_t block, int which) const {
+  return {seed_, step_key_, static_cast<uint64_t>(block) << 8 | static_cast<uint64_t>(which)};
+}
+
+Status ViT::stage_draws(int64_t B) {
+  RA_RETURN_IF_ERROR(stage_update({}, nullptr, nullptr));  // makes the step buffer
+  const uint64_t key = mix64(step_);
+  RA_RETURN_IF_ERROR(backend_.upload(step_key_, &key, sizeof(key)));
+  if (!keep_scales_) return Status::Ok();
+  // Stochastic depth masks, B numbers per block and branch, drawn on the host.
+  const ViTConfig& c = config_;
+  std::vector<float> keep(c.depth * 2 * B, 1.0f);
+  for (int64_t i = 0; i < c.depth; ++i) {
+    const float keep_prob = 1.0f - drop_path_rate(c, i);
+    for (int which = 0; which < 2; ++which) {
+      const DropoutDraw draw = dropout_draw(i, 2 + which);
+      for (int64_t b = 0; b < B; ++b)
+        keep[(2 * i + which) * B + b] =
+            uniform01(draw.seed, key ^ draw.site, b) < keep_prob ? 1.0f / keep_prob : 0.0f;
+    }
+  }
+  return backend_.upload(keep_scales_, keep.data(), keep.size() * sizeof(float));
 }
 
 // ---- the activation arena ------------------------------------------------------------------
@@ -349,6 +378,7 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
     float* shared_qkv = keep ? nullptr : take(M * 3 * D);
     float* shared_g = take(M * F);
     branch_ = drop_path ? take(M * D) : nullptr;  // a branch's output before stochastic depth
+    keep_scales_ = drop_path ? take(c.depth * 2 * B) : nullptr;
     saved_.assign(c.depth, Saved());
     float* x_in = keep ? take(M * D) : shared_x;
     for (int64_t i = 0; i < c.depth; ++i) {
@@ -379,8 +409,8 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
       s.h_bf16 = h_in_bf16 ? reinterpret_cast<uint16_t*>(take((M * F + 1) / 2)) : nullptr;
       s.g = keep && all ? take(M * F) : shared_g;
       const bool dp = train && drop_path_rate(c, i) > 0;
-      s.keep1 = dp ? take(B) : nullptr;
-      s.keep2 = dp ? take(B) : nullptr;
+      s.keep1 = dp && keep_scales_ ? keep_scales_ + 2 * i * B : nullptr;
+      s.keep2 = dp && keep_scales_ ? keep_scales_ + (2 * i + 1) * B : nullptr;
       x_in = keep ? take(M * D) : shared_x;
     }
     x_final_ = x_in;
@@ -441,13 +471,18 @@ Status ViT::forward(const float* images_host, int64_t B, bool train, bool want_i
   have_input_grad_ = false;
   RA_RETURN_IF_ERROR(plan(B, train, keep, want_input_grad));
   RA_RETURN_IF_ERROR(refresh_bf16());
-  if (train) ++step_;
   const int64_t S = c.image_size;
   RA_RETURN_IF_ERROR(backend_.upload(images_, images_host, B * 3 * S * S * sizeof(float)));
-  if (!train && graphs_ && !graphs_unavailable_)
-    RA_RETURN_IF_ERROR(forward_replayed(B));
-  else
-    RA_RETURN_IF_ERROR(forward_compute(B, train));
+  if (train) {
+    ++step_;
+    RA_RETURN_IF_ERROR(stage_draws(B));
+    RA_RETURN_IF_ERROR(forward_compute(B, true));
+  } else if (graphs_ && !graphs_unavailable_) {
+    RA_RETURN_IF_ERROR(run_recorded(eval_recording_, {static_cast<double>(B)},
+                                    [&] { return forward_compute(B, false); }));
+  } else {
+    RA_RETURN_IF_ERROR(forward_compute(B, false));
+  }
   RA_RETURN_IF_ERROR(backend_.download(logits_host, logits_, B * c.num_classes * sizeof(float)));
   have_forward_ = train;
   have_input_grad_ = false;
@@ -461,38 +496,49 @@ void ViT::set_graphs(bool on) {
 }
 
 void ViT::drop_graph() {
-  backend_.release_graph(graph_);
-  graph_ = nullptr;
-  graph_B_ = warm_B_ = 0;
+  for (Recording* r : {&eval_recording_, &step_recording_}) {
+    backend_.release_graph(r->graph);
+    *r = Recording();
+  }
 }
 
-Status ViT::forward_replayed(int64_t B) {
-  if (graph_ && graph_B_ == B) return backend_.replay(graph_);
-  if (warm_B_ != B) {
+Status ViT::run_recorded(Recording& r, const std::vector<double>& key,
+                         const std::function<Status()>& compute) {
+  if (r.graph && r.key == key) {
+    const Status replayed = backend_.replay(r.graph);
+    if (replayed.code() != Code::kUnavailable) return replayed;
+    // The backend moved a buffer the recording reads (its scratch grew for another shape):
+    // run eagerly below, and record again next time.
+    backend_.release_graph(r.graph);
+    r.graph = nullptr;
+    r.warm = false;
+  }
+  if (!r.warm || r.key != key) {
     // An eager run first: it sizes the backend's scratch and plans its products, which a
     // recording cannot do.
-    drop_graph();
-    RA_RETURN_IF_ERROR(forward_compute(B, false));
-    warm_B_ = B;
+    backend_.release_graph(r.graph);
+    r = Recording();
+    RA_RETURN_IF_ERROR(compute());
+    r.key = key;
+    r.warm = true;
     return Status::Ok();
   }
   if (!backend_.begin_capture().ok()) {
     graphs_unavailable_ = true;  // this backend records no graphs: run eagerly from now on
-    return forward_compute(B, false);
+    return compute();
   }
-  const Status recorded = forward_compute(B, false);
+  const Status recorded = compute();
   void* graph = nullptr;
   const Status ended = backend_.end_capture(&graph);
   if (!recorded.ok() || !ended.ok()) {
-    // Some op could not be recorded: nothing ran, so run the forward eagerly, and do not try
-    // to record again.
+    // Some op could not be recorded: nothing ran, so run eagerly, and do not try to record
+    // again.
     backend_.release_graph(graph);
     graphs_unavailable_ = true;
-    return forward_compute(B, false);
+    return compute();
   }
-  graph_ = graph;
-  graph_B_ = B;
-  return backend_.replay(graph_);  // recording ran nothing
+  r.graph = graph;
+  return backend_.replay(graph);  // recording ran nothing
 }
 
 Status ViT::forward_compute(int64_t B, bool train) {
@@ -503,27 +549,17 @@ Status ViT::forward_compute(int64_t B, bool train) {
   RA_RETURN_IF_ERROR(linear_forward(backend_, patches_, B * P, ref(patch_embed_), embedded_));
   RA_RETURN_IF_ERROR(backend_.tokens_forward(embedded_, cls_->data, pos_->data, saved_[0].x_in, B, P, D));
 
-  std::vector<float> keep_host(B);
   for (int64_t i = 0; i < c.depth; ++i) {
     const Block& k = blocks_[i];
     Saved& s = saved_[i];
     float* x_out = i + 1 < c.depth ? saved_[i + 1].x_in : x_final_;
-    // Stochastic depth masks for this block, drawn on the host (B numbers each).
-    for (int which = 0; which < 2; ++which) {
-      float* dst = which == 0 ? s.keep1 : s.keep2;
-      if (!dst) continue;
-      const float keep_prob = 1.0f - drop_path_rate(c, i);
-      for (int64_t b = 0; b < B; ++b)
-        keep_host[b] = uniform01(seed_, dropout_stream(i, 2 + which), b) < keep_prob ? 1.0f / keep_prob : 0.0f;
-      RA_RETURN_IF_ERROR(backend_.upload(dst, keep_host.data(), B * sizeof(float)));
-    }
 
     // Attention branch: x_mid = x_in + drop_path(proj(attn(qkv(adapter(norm1(x_in)))))).
     const float* qkv_in = s.a1;
     if (k.adapter_attn.A) {
       RA_RETURN_IF_ERROR(layernorm_adapter_forward(backend_, s.x_in, D, k.norm1.w->data, k.norm1.b->data, c.ln_eps,
                                                    ref(k.adapter_attn), nullptr, s.z1, s.u1,
-                                                   s.mean1, s.rstd1, M, train, seed_, dropout_stream(i, 0)));
+                                                   s.mean1, s.rstd1, M, train, dropout_draw(i, 0)));
       qkv_in = s.u1;
     } else {
       RA_RETURN_IF_ERROR(backend_.layernorm_forward(s.x_in, D, k.norm1.w->data, k.norm1.b->data, s.a1, D,
@@ -544,7 +580,7 @@ Status ViT::forward_compute(int64_t B, bool train) {
     if (k.adapter_mlp.A) {
       RA_RETURN_IF_ERROR(layernorm_adapter_forward(backend_, s.x_mid, D, k.norm2.w->data, k.norm2.b->data, c.ln_eps,
                                                    ref(k.adapter_mlp), nullptr, s.z2, s.u2,
-                                                   s.mean2, s.rstd2, M, train, seed_, dropout_stream(i, 1)));
+                                                   s.mean2, s.rstd2, M, train, dropout_draw(i, 1)));
       fc1_in = s.u2;
     } else {
       RA_RETURN_IF_ERROR(backend_.layernorm_forward(s.x_mid, D, k.norm2.w->data, k.norm2.b->data, s.a2, D,
@@ -572,29 +608,43 @@ Status ViT::forward_compute(int64_t B, bool train) {
 
 // ---- backward --------------------------------------------------------------------------------
 
-Status ViT::backward(const Target& target, float* loss_host) {
-  const ViTConfig& c = config_;
-  if (!have_forward_)
-    return InvalidArgument("backward needs a training-mode forward first (call train() and forward)");
-  const int64_t B = last_B_, N = c.tokens(), P = c.patches(), D = c.width, F = c.mlp_hidden;
-  const int64_t C = c.num_classes, M = B * N;
+// Checked on the host: a recorded step cannot report a bad label from the device.
+Status ViT::check_target(const Target& target, int64_t B) const {
+  const int64_t C = config_.num_classes;
   if ((target.labels == nullptr) == (target.soft_targets == nullptr))
     return InvalidArgument("backward needs either integer labels or soft targets");
   if (!(target.smoothing >= 0.0f && target.smoothing < 1.0f))
     return InvalidArgument("label smoothing must be in [0, 1), got " + std::to_string(target.smoothing));
-  if (target.labels) {
+  if (target.labels)
     for (int64_t b = 0; b < B; ++b)
       if (target.labels[b] < 0 || target.labels[b] >= C)
         return OutOfRange("label " + std::to_string(target.labels[b]) + " of sample " +
                           std::to_string(b) + " is outside [0, " + std::to_string(C) + ")");
-    RA_RETURN_IF_ERROR(backend_.upload(labels_, target.labels, B * sizeof(int32_t)));
-  } else {
-    RA_RETURN_IF_ERROR(backend_.upload(soft_, target.soft_targets, B * C * sizeof(float)));
-  }
+  return Status::Ok();
+}
+
+Status ViT::stage_target(const Target& target, int64_t B) {
+  if (target.labels) return backend_.upload(labels_, target.labels, B * sizeof(int32_t));
+  return backend_.upload(soft_, target.soft_targets, B * config_.num_classes * sizeof(float));
+}
+
+Status ViT::backward(const Target& target, float* loss_host) {
+  if (!have_forward_)
+    return InvalidArgument("backward needs a training-mode forward first (call train() and forward)");
+  RA_RETURN_IF_ERROR(check_target(target, last_B_));
+  RA_RETURN_IF_ERROR(stage_target(target, last_B_));
+  RA_RETURN_IF_ERROR(backward_compute(target));
+  return backend_.download(loss_host, loss_, sizeof(float));
+}
+
+// Reads only where the target lives (labels or soft targets) and its smoothing from `target`.
+Status ViT::backward_compute(const Target& target) {
+  const ViTConfig& c = config_;
+  const int64_t B = last_B_, N = c.tokens(), P = c.patches(), D = c.width, F = c.mlp_hidden;
+  const int64_t C = c.num_classes, M = B * N;
   RA_RETURN_IF_ERROR(backend_.cross_entropy(logits_, target.labels ? labels_ : nullptr,
                                             target.soft_targets ? soft_ : nullptr, target.smoothing,
                                             loss_, d_logits_, B, C));
-  RA_RETURN_IF_ERROR(backend_.download(loss_host, loss_, sizeof(float)));
 
   const bool through_backbone = plan_.keep;
   RA_RETURN_IF_ERROR(linear_backward(backend_, d_logits_, feat_, B, ref(head_), through_backbone ? d_feat_ : nullptr));
@@ -627,7 +677,7 @@ Status ViT::backward(const Target& target, float* loss_host) {
     RA_RETURN_IF_ERROR(norm_output(k.norm2, s.x_mid, s.a2, k.adapter_mlp.A != nullptr));
     RA_RETURN_IF_ERROR(linear_backward(backend_, d_wide_, k.adapter_mlp.A ? s.u2 : s.a2, M, ref(k.fc1), d_u_));
     if (k.adapter_mlp.A)
-      RA_RETURN_IF_ERROR(adapter_backward(backend_, ref(k.adapter_mlp), s.a2, s.z2, d_u_, d_z_, M, true, seed_, dropout_stream(i, 1)));
+      RA_RETURN_IF_ERROR(adapter_backward(backend_, ref(k.adapter_mlp), s.a2, s.z2, d_u_, d_z_, M, true, dropout_draw(i, 1)));
     RA_RETURN_IF_ERROR(backend_.layernorm_backward(d_u_, D, s.x_mid, D, k.norm2.w->data, s.mean2, s.rstd2,
                                                    dx_, k.norm2.w->grad, k.norm2.b->grad, M, D));
     // Attention branch.
@@ -642,7 +692,7 @@ Status ViT::backward(const Target& target, float* loss_host) {
     RA_RETURN_IF_ERROR(norm_output(k.norm1, s.x_in, s.a1, k.adapter_attn.A != nullptr));
     RA_RETURN_IF_ERROR(linear_backward(backend_, d_wide_, k.adapter_attn.A ? s.u1 : s.a1, M, ref(k.qkv), d_u_));
     if (k.adapter_attn.A)
-      RA_RETURN_IF_ERROR(adapter_backward(backend_, ref(k.adapter_attn), s.a1, s.z1, d_u_, d_z_, M, true, seed_, dropout_stream(i, 0)));
+      RA_RETURN_IF_ERROR(adapter_backward(backend_, ref(k.adapter_attn), s.a1, s.z1, d_u_, d_z_, M, true, dropout_draw(i, 0)));
     RA_RETURN_IF_ERROR(backend_.layernorm_backward(d_u_, D, s.x_in, D, k.norm1.w->data, s.mean1, s.rstd1,
                                                    dx_, k.norm1.w->grad, k.norm1.b->grad, M, D));
   }
@@ -697,26 +747,143 @@ static Status check_ranges(const std::vector<ViT::UpdateRange>& ranges, int64_t 
   return Status::Ok();
 }
 
+// The step buffer: the dropout key, Σ grad², the update's scalars, then its jobs; 64-byte
+// aligned parts. Growing it keeps the values already written (a forward's key must survive
+// until its backward) and drops the recordings, which read the old one.
+Status ViT::stage_update(const std::vector<UpdateRange>& ranges, const AdamWStep* adamw,
+                         const SgdStep* sgd) {
+  int64_t total = 0;
+  const std::vector<UpdateJob> jobs =
+      update_jobs(ranges.data(), static_cast<int64_t>(ranges.size()), adamw, &total);
+  constexpr size_t kHeader = 64 + 64 + (std::max(sizeof(AdamWScalars), sizeof(SgdScalars)) + 63) / 64 * 64;
+  const int64_t count = static_cast<int64_t>(jobs.size());
+  if (!step_buffer_ || count > job_capacity_) {
+    const int64_t capacity = std::max<int64_t>({count, 2 * job_capacity_, 64});
+    void* grown = nullptr;
+    RA_RETURN_IF_ERROR(backend_.allocate(kHeader + capacity * sizeof(UpdateJob), &grown));
+    if (step_buffer_) {
+      const Status copied = backend_.copy(grown, step_buffer_, kHeader);
+      if (!copied.ok()) {
+        backend_.release(grown);
+        return copied;
+      }
+    }
+    drop_graph();
+    backend_.release(step_buffer_);
+    step_buffer_ = grown;
+    char* base = static_cast<char*>(grown);
+    step_key_ = reinterpret_cast<uint64_t*>(base);
+    grad_sum_squares_ = reinterpret_cast<double*>(base + 64);
+    update_scalars_ = base + 128;
+    update_jobs_ = reinterpret_cast<UpdateJob*>(base + kHeader);
+    job_capacity_ = capacity;
+  }
+  if (!adamw && !sgd) return Status::Ok();
+  if (count) RA_RETURN_IF_ERROR(backend_.upload(update_jobs_, jobs.data(), count * sizeof(UpdateJob)));
+  if (adamw) {
+    const AdamWScalars s = adamw_scalars(*adamw);
+    RA_RETURN_IF_ERROR(backend_.upload(update_scalars_, &s, sizeof(s)));
+  } else {
+    const SgdScalars s = sgd_scalars(*sgd);
+    RA_RETURN_IF_ERROR(backend_.upload(update_scalars_, &s, sizeof(s)));
+  }
+  job_count_ = count;
+  job_total_ = total;
+  return Status::Ok();
+}
+
+Status ViT::update_compute(bool adamw) {
+  if (adamw)
+    return backend_.adamw_update(trainable_, grad_, state0_, state1_, update_jobs_, job_count_,
+                                 job_total_, static_cast<const AdamWScalars*>(update_scalars_));
+  return backend_.sgd_update(trainable_, grad_, state0_, update_jobs_, job_count_, job_total_,
+                             static_cast<const SgdScalars*>(update_scalars_));
+}
+
 Status ViT::adamw_step(const std::vector<UpdateRange>& ranges, AdamWStep hyper) {
   if (patch_embed_.w->trainable) bf16_stale_ = true;  // the backbone trains: new masters
   RA_RETURN_IF_ERROR(check_ranges(ranges, trainable_numel_));
   RA_RETURN_IF_ERROR(ensure_optimizer_state(2));
-  return backend_.adamw_update(trainable_, grad_, state0_, state1_, ranges.data(),
-                               static_cast<int64_t>(ranges.size()), hyper);
+  RA_RETURN_IF_ERROR(stage_update(ranges, &hyper, nullptr));
+  return update_compute(true);
 }
 
 Status ViT::sgd_step(const std::vector<UpdateRange>& ranges, SgdStep hyper) {
   if (patch_embed_.w->trainable) bf16_stale_ = true;
   RA_RETURN_IF_ERROR(check_ranges(ranges, trainable_numel_));
   if (hyper.momentum != 0.0f) RA_RETURN_IF_ERROR(ensure_optimizer_state(1));
-  return backend_.sgd_update(trainable_, grad_, state0_, ranges.data(),
-                             static_cast<int64_t>(ranges.size()), hyper);
+  RA_RETURN_IF_ERROR(stage_update(ranges, nullptr, &hyper));
+  return update_compute(false);
 }
 
 Status ViT::grad_sum_squares(double* out) {
   *out = 0;
   if (trainable_numel_ == 0) return Status::Ok();
-  return backend_.sum_squares(grad_, trainable_numel_, out);
+  RA_RETURN_IF_ERROR(stage_update({}, nullptr, nullptr));  // makes the step buffer
+  RA_RETURN_IF_ERROR(backend_.sum_squares(grad_, trainable_numel_, grad_sum_squares_));
+  return backend_.download(out, grad_sum_squares_, sizeof(double));
+}
+
+// ---- the whole training step -------------------------------------------------------------------
+
+Status ViT::train_step(const float* images_host, int64_t B, const Target& target,
+                       const OptimizerStep& update, float* loss_host, float* logits_host,
+                       double* grad_norm_host) {
+  const ViTConfig& c = config_;
+  if (B <= 0) return InvalidArgument("batch size must be positive");
+  const bool adamw = update.kind == OptimizerStep::Kind::kAdamW;
+  const bool clip = update.clip_max_norm > 0;
+  const float pre_scale = adamw ? update.adamw.grad_scale : update.sgd.grad_scale;
+  RA_RETURN_IF_ERROR(check_target(target, B));
+  RA_RETURN_IF_ERROR(check_ranges(update.ranges, trainable_numel_));
+  have_forward_ = false;
+  have_input_grad_ = false;
+  const bool keep = c.trainable != Trainable::kHead;
+  RA_RETURN_IF_ERROR(plan(B, true, keep, false));
+  RA_RETURN_IF_ERROR(refresh_bf16());
+  RA_RETURN_IF_ERROR(ensure_optimizer_state(adamw ? 2 : update.sgd.momentum != 0.0f ? 1 : 0));
+  // Everything the step reads goes to backend memory first; the update's buffer before the
+  // draws, since growing it moves the key.
+  RA_RETURN_IF_ERROR(stage_update(update.ranges, adamw ? &update.adamw : nullptr, adamw ? nullptr : &update.sgd));
+  ++step_;
+  RA_RETURN_IF_ERROR(stage_draws(B));
+  RA_RETURN_IF_ERROR(backend_.upload(images_, images_host, B * 3 * c.image_size * c.image_size * sizeof(float)));
+  last_B_ = B;
+  RA_RETURN_IF_ERROR(stage_target(target, B));
+  auto compute = [&]() -> Status {
+    RA_RETURN_IF_ERROR(forward_compute(B, true));
+    RA_RETURN_IF_ERROR(backward_compute(target));
+    if (trainable_numel_ == 0) return Status::Ok();
+    if (clip) {
+      // Where the scalars keep grad_scale: the update reads it after this writes it.
+      float* grad_scale = adamw ? &static_cast<AdamWScalars*>(update_scalars_)->grad_scale
+                                : &static_cast<SgdScalars*>(update_scalars_)->grad_scale;
+      RA_RETURN_IF_ERROR(backend_.sum_squares(grad_, trainable_numel_, grad_sum_squares_));
+      RA_RETURN_IF_ERROR(backend_.clip_grad_scale(grad_sum_squares_, pre_scale, update.clip_max_norm, grad_scale));
+    }
+    RA_RETURN_IF_ERROR(update_compute(adamw));
+    return backend_.fill(grad_, trainable_numel_, 0.0f);
+  };
+  if (graphs_ && !graphs_unavailable_) {
+    // What a recording bakes in by value: everything else it reads from backend memory.
+    const std::vector<double> key = {static_cast<double>(B), adamw ? 1.0 : 0.0,
+                                     static_cast<double>(job_count_), static_cast<double>(job_total_),
+                                     update.clip_max_norm, pre_scale, target.labels ? 1.0 : 0.0,
+                                     target.smoothing};
+    RA_RETURN_IF_ERROR(run_recorded(step_recording_, key, compute));
+  } else {
+    RA_RETURN_IF_ERROR(compute());
+  }
+  if (patch_embed_.w->trainable) bf16_stale_ = true;  // the backbone trained: new masters
+  RA_RETURN_IF_ERROR(backend_.download(loss_host, loss_, sizeof(float)));
+  if (logits_host)
+    RA_RETURN_IF_ERROR(backend_.download(logits_host, logits_, B * c.num_classes * sizeof(float)));
+  if (grad_norm_host) {
+    double sum = 0;
+    if (clip && trainable_numel_) RA_RETURN_IF_ERROR(backend_.download(&sum, grad_sum_squares_, sizeof(double)));
+    *grad_norm_host = std::sqrt(sum) * pre_scale;
+  }
+  return Status::Ok();
 }
 
 // ---- the fold --------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 // in one arena planned per (batch size, what backward needs); nothing is allocated per step.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,6 +35,16 @@ struct Target {
   float smoothing = 0.0f;
 };
 
+// One optimizer update as train_step applies it: AdamW or SGD over ranges of the flat trainable
+// buffer, after clipping the gradient to a global norm where clip_max_norm > 0.
+struct OptimizerStep {
+  enum class Kind { kAdamW, kSgd } kind = Kind::kAdamW;
+  std::vector<UpdateRange> ranges;
+  AdamWStep adamw;
+  SgdStep sgd;
+  double clip_max_norm = 0;
+};
+
 class ViT {
  public:
   ViT(Backend& backend, const ViTConfig& config);
@@ -60,10 +71,10 @@ class ViT {
   // copies are remade from them whenever they change.
   Status set_compute_dtype(DType dtype);
   DType compute_dtype() const { return compute_dtype_; }
-  // Eval forwards as recorded graphs (CUDA graphs), where the backend has them: per batch size,
-  // the first forward runs the ops, the second records them, every later one replays the
+  // Eval forwards and train_step as recorded graphs (CUDA graphs), where the backend has them:
+  // per shape, the first call runs the ops, the second records them, every later one replays the
   // recording with one call. Anything that moves a buffer (a new batch size, set_trainable, fold,
-  // a dtype change) drops the recording. Off by default; no effect where the backend has none.
+  // a dtype change) drops the recordings. Off by default; no effect where the backend has none.
   void set_graphs(bool on);
   bool graphs() const { return graphs_; }
   // Writes a parameter's values from host memory.
@@ -97,6 +108,18 @@ class ViT {
   float* optimizer_state(int k) { return k == 0 ? state0_ : k == 1 ? state1_ : nullptr; }
   Status ensure_optimizer_state(int slots);
 
+  // A whole training step in one call: a training forward of images_host [B,3,S,S], the loss
+  // against target and its backward, the optimizer update, and zeroed gradients — exactly
+  // forward, backward, adamw_step / sgd_step (after clipping) and zero_grad in sequence. With
+  // graphs on (set_graphs), the step is recorded once and every later step with the same shape
+  // replays it in one launch: every per-step value (images, labels, dropout key, drop-path
+  // masks, learning rates, Adam's bias corrections, the clipping) is written to backend memory
+  // first. Writes the loss, the logits (may be null) and, when clipping, the global gradient norm
+  // before clipping (as optimizer code reports it) to host memory.
+  Status train_step(const float* images_host, int64_t B, const Target& target,
+                    const OptimizerStep& update, float* loss_host, float* logits_host,
+                    double* grad_norm_host);
+
   // Structural re-parameterisation: every adapter into its qkv / fc1; afterwards the model is a
   // plain ViT with placement none.
   Status fold();
@@ -129,12 +152,31 @@ class ViT {
   LinearRef ref(const Linear& l) const;
   std::vector<Linear*> backbone_linears();
   Status refresh_bf16();
+  // A training step's random draws, written to backend memory before its ops run: the dropout
+  // key and the drop-path keep scales.
+  Status stage_draws(int64_t B);
   // Everything of forward() between uploading the images and downloading the logits.
   Status forward_compute(int64_t B, bool train);
-  Status forward_replayed(int64_t B);
+  Status check_target(const Target& target, int64_t B) const;
+  Status stage_target(const Target& target, int64_t B);
+  // Everything of backward() between uploading the target and downloading the loss.
+  Status backward_compute(const Target& target);
+  // The update's jobs and scalars into backend memory (grows the step buffer when needed).
+  Status stage_update(const std::vector<UpdateRange>& ranges, const AdamWStep* adamw,
+                      const SgdStep* sgd);
+  Status update_compute(bool adamw);
+  // A recorded graph of one computation, for the shape `key` (see run_recorded).
+  struct Recording {
+    void* graph = nullptr;
+    bool warm = false;  // buffers and plans for `key` exist from an eager run
+    std::vector<double> key;
+  };
+  // compute() run eagerly, recorded, or replayed, as set_graphs describes.
+  Status run_recorded(Recording& r, const std::vector<double>& key,
+                      const std::function<Status()>& compute);
   void drop_graph();
   AdapterRef ref(const Adapter& a) const;
-  uint64_t dropout_stream(int64_t block, int which) const;
+  DropoutDraw dropout_draw(int64_t block, int which) const;
 
   Backend& backend_;
   ViTConfig config_;
@@ -156,16 +198,23 @@ class ViT {
   uint16_t* bf16_weights_ = nullptr;  // the bf16 copies, one buffer
   bool bf16_stale_ = true;             // the masters changed since the copies were made
 
-  // The eval-forward recording (set_graphs): for batch size graph_B_; warm_B_ is the batch size
-  // whose buffers and plans exist from an eager run, so that the next forward may record.
+  // The recordings (set_graphs) of the eval forward and of train_step.
   bool graphs_ = false, graphs_unavailable_ = false;
-  void* graph_ = nullptr;
-  int64_t graph_B_ = 0, warm_B_ = 0;
+  Recording eval_recording_, step_recording_;
+
+  // Per-step values in backend memory (what the ops read there; backend.h), one buffer.
+  void* step_buffer_ = nullptr;
+  uint64_t* step_key_ = nullptr;         // mix64(step_): the dropout masks' key
+  double* grad_sum_squares_ = nullptr;   // Σ grad², for clipping and the reported norm
+  void* update_scalars_ = nullptr;       // AdamWScalars or SgdScalars
+  UpdateJob* update_jobs_ = nullptr;
+  int64_t job_capacity_ = 0, job_count_ = 0, job_total_ = 0;
 
   // Activation arena and the plan it was made for.
   void* arena_ = nullptr;
   size_t arena_bytes_ = 0;
   struct Plan { int64_t B = -1; bool train = false, keep = false, input_grad = false; } plan_;
+  float* keep_scales_ = nullptr;  // every block's drop-path keep scales, [depth, 2, B]
   float *images_ = nullptr, *patches_ = nullptr, *embedded_ = nullptr, *feat_ = nullptr,
         *logits_ = nullptr, *final_mean_ = nullptr, *final_rstd_ = nullptr, *x_final_ = nullptr,
         *branch_ = nullptr;

@@ -148,6 +148,7 @@ class Model : public Napi::ObjectWrap<Model> {
       InstanceMethod<&Model::ForwardAsync>("forwardAsync"),
       InstanceMethod<&Model::Backward>("backward"),
       InstanceMethod<&Model::BackwardAsync>("backwardAsync"),
+      InstanceMethod<&Model::TrainStepAsync>("trainStepAsync"),
       InstanceMethod<&Model::InputGrad>("inputGrad"),
       InstanceMethod<&Model::ZeroGrad>("zeroGrad"),
       InstanceMethod<&Model::Fold>("fold"),
@@ -336,23 +337,29 @@ class Model : public Napi::ObjectWrap<Model> {
 
   // backward(labels: Int32Array | null, soft: Float32Array | null, smoothing)
   BackwardArgs backward_args(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    live(env);
+    live(info.Env());
+    return target_args(info.Env(), info[0], info[1], info[2], last_batch_);
+  }
+
+  // The target of a batch of B images (B ≤ 0: no forward yet, nothing fits).
+  BackwardArgs target_args(Napi::Env env, Napi::Value labels_value, Napi::Value soft_value,
+                           Napi::Value smoothing, int64_t B) {
     BackwardArgs a;
     const int64_t C = model_->config().num_classes;
-    if (info[0].IsTypedArray() && info[0].As<Napi::TypedArray>().TypedArrayType() == napi_int32_array) {
-      Napi::Int32Array labels = info[0].As<Napi::Int32Array>();
+    auto fits = [B](int64_t n, int64_t per_row) { return B > 0 && n == B * per_row; };
+    if (labels_value.IsTypedArray() && labels_value.As<Napi::TypedArray>().TypedArrayType() == napi_int32_array) {
+      Napi::Int32Array labels = labels_value.As<Napi::Int32Array>();
       a.labels = std::make_shared<std::vector<int32_t>>(labels.Data(), labels.Data() + labels.ElementLength());
       a.target.labels = a.labels->data();
-      if (!expect_rows(static_cast<int64_t>(labels.ElementLength()), 1))
-        throw_type(env, "expected " + std::to_string(batch()) + " labels (one per image), got " +
+      if (!fits(static_cast<int64_t>(labels.ElementLength()), 1))
+        throw_type(env, "expected " + std::to_string(B) + " labels (one per image), got " +
                             std::to_string(labels.ElementLength()));
-    } else if (info[1].IsTypedArray()) {
-      Napi::Float32Array soft = float_array(env, info[1], "soft targets");
+    } else if (soft_value.IsTypedArray()) {
+      Napi::Float32Array soft = float_array(env, soft_value, "soft targets");
       a.soft = std::make_shared<std::vector<float>>(soft.Data(), soft.Data() + soft.ElementLength());
       a.target.soft_targets = a.soft->data();
-      if (!expect_rows(static_cast<int64_t>(soft.ElementLength()), C))
-        throw_type(env, "expected soft targets of shape [" + std::to_string(batch()) + "," +
+      if (!fits(static_cast<int64_t>(soft.ElementLength()), C))
+        throw_type(env, "expected soft targets of shape [" + std::to_string(B) + "," +
                             std::to_string(C) + "], got " + std::to_string(soft.ElementLength()) + " values");
       for (size_t i = 0; i < soft.ElementLength(); ++i)
         if (!(soft[i] >= 0.0f) || !std::isfinite(soft[i]))
@@ -361,12 +368,9 @@ class Model : public Napi::ObjectWrap<Model> {
     } else {
       throw_type(env, "expected labels (Int32Array) or soft targets (Float32Array)");
     }
-    a.target.smoothing = info[2].IsNumber() ? info[2].As<Napi::Number>().FloatValue() : 0.0f;
+    a.target.smoothing = smoothing.IsNumber() ? smoothing.As<Napi::Number>().FloatValue() : 0.0f;
     return a;
   }
-
-  int64_t batch() const { return last_batch_; }
-  bool expect_rows(int64_t n, int64_t per_row) { return last_batch_ > 0 && n == last_batch_ * per_row; }
 
   Napi::Value Backward(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -385,6 +389,49 @@ class Model : public Napi::ObjectWrap<Model> {
     job->work = [m, a, loss] { return m->backward(a.target, loss.get()); };
     job->keep_alive.push_back(Napi::Persistent(Value()));
     job->finish = [loss](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *loss); };
+    return submit(env, std::move(job));
+  }
+
+  // trainStepAsync(images, labels | null, soft | null, smoothing,
+  //                {kind: 'adamw' | 'sgd', ranges, hyper, clipMaxNorm}) → {loss, logits, gradNorm}
+  // One ViT::train_step on the compute thread: forward, backward, update, zeroed gradients.
+  Napi::Value TrainStepAsync(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    ViT& m = live(env);
+    // The images and the logits' host buffer as forward makes them (its flags go unread).
+    ForwardArgs images = forward_args(info);
+    BackwardArgs target = target_args(env, info[1], info[2], info[3], images.B);
+    if (!info[4].IsObject()) throw_type(env, "expected an object {kind, ranges, hyper, clipMaxNorm} for update");
+    Napi::Object u = info[4].As<Napi::Object>();
+    const std::string kind = u.Get("kind").IsString() ? u.Get("kind").As<Napi::String>().Utf8Value() : "";
+    if (kind != "adamw" && kind != "sgd") throw_type(env, "expected 'adamw' or 'sgd' for update.kind, got '" + kind + "'");
+    if (!u.Get("hyper").IsObject()) throw_type(env, "expected an object of hyperparameters for update.hyper");
+    OptimizerStep update;
+    update.kind = kind == "adamw" ? OptimizerStep::Kind::kAdamW : OptimizerStep::Kind::kSgd;
+    update.ranges = ranges(env, u.Get("ranges"));
+    if (kind == "adamw") update.adamw = adamw_hyper(env, u.Get("hyper").As<Napi::Object>());
+    else update.sgd = sgd_hyper(u.Get("hyper").As<Napi::Object>());
+    update.clip_max_norm = get_number(u, "clipMaxNorm", 0.0);
+    if (!(update.clip_max_norm >= 0) || !std::isfinite(update.clip_max_norm))
+      throw_type(env, "expected a finite number ≥ 0 for update.clipMaxNorm");
+    struct Result { float loss = 0; double grad_norm = 0; };
+    auto result = std::make_shared<Result>();
+    auto job = std::make_unique<Job>(env);
+    ViT* model = &m;
+    job->work = [model, images, target, update, result] {
+      return model->train_step(images.images->data, images.B, target.target, update, &result->loss,
+                               images.logits->data, &result->grad_norm);
+    };
+    job->keep_alive.push_back(Napi::Persistent(Value()));
+    const bool clip = update.clip_max_norm > 0;
+    job->finish = [this, images, result, clip](Napi::Env env) -> Napi::Value {
+      last_batch_ = images.B;
+      Napi::Object out = Napi::Object::New(env);
+      out.Set("loss", Napi::Number::New(env, result->loss));
+      out.Set("logits", NativeTensor::Wrap(env, images.logits, {images.B, images.C}));
+      if (clip) out.Set("gradNorm", Napi::Number::New(env, result->grad_norm));
+      return out;
+    };
     return submit(env, std::move(job));
   }
 
@@ -467,12 +514,8 @@ class Model : public Napi::ObjectWrap<Model> {
     return out;
   }
 
-  // adamwStep(ranges, {beta1, beta2, eps, step, gradScale})
-  void AdamWStep(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    ViT& m = live(env);
-    if (!info[1].IsObject()) throw_type(env, "expected an object of AdamW hyperparameters");
-    Napi::Object h = info[1].As<Napi::Object>();
+  // {beta1, beta2, eps, step, gradScale}
+  repadapter::AdamWStep adamw_hyper(Napi::Env env, Napi::Object h) {
     repadapter::AdamWStep s;
     s.beta1 = get_number(h, "beta1", s.beta1);
     s.beta2 = get_number(h, "beta2", s.beta2);
@@ -480,6 +523,25 @@ class Model : public Napi::ObjectWrap<Model> {
     s.step = get_int(h, "step", 1);
     s.grad_scale = static_cast<float>(get_number(h, "gradScale", 1.0));
     if (s.step < 1) throw_type(env, "expected a step count ≥ 1 for step");
+    return s;
+  }
+  // {momentum, dampening, nesterov, first, gradScale}
+  repadapter::SgdStep sgd_hyper(Napi::Object h) {
+    repadapter::SgdStep s;
+    s.momentum = static_cast<float>(get_number(h, "momentum", 0.0));
+    s.dampening = static_cast<float>(get_number(h, "dampening", 0.0));
+    s.nesterov = h.Get("nesterov").ToBoolean();
+    s.first = h.Get("first").ToBoolean();
+    s.grad_scale = static_cast<float>(get_number(h, "gradScale", 1.0));
+    return s;
+  }
+
+  // adamwStep(ranges, {beta1, beta2, eps, step, gradScale})
+  void AdamWStep(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    ViT& m = live(env);
+    if (!info[1].IsObject()) throw_type(env, "expected an object of AdamW hyperparameters");
+    const repadapter::AdamWStep s = adamw_hyper(env, info[1].As<Napi::Object>());
     const auto r = ranges(env, info[0]);
     throw_if_error(env, computed(env, [&] { return m.adamw_step(r, s); }));
   }
@@ -489,13 +551,7 @@ class Model : public Napi::ObjectWrap<Model> {
     Napi::Env env = info.Env();
     ViT& m = live(env);
     if (!info[1].IsObject()) throw_type(env, "expected an object of SGD hyperparameters");
-    Napi::Object h = info[1].As<Napi::Object>();
-    repadapter::SgdStep s;
-    s.momentum = static_cast<float>(get_number(h, "momentum", 0.0));
-    s.dampening = static_cast<float>(get_number(h, "dampening", 0.0));
-    s.nesterov = h.Get("nesterov").ToBoolean();
-    s.first = h.Get("first").ToBoolean();
-    s.grad_scale = static_cast<float>(get_number(h, "gradScale", 1.0));
+    const repadapter::SgdStep s = sgd_hyper(info[1].As<Napi::Object>());
     const auto r = ranges(env, info[0]);
     throw_if_error(env, computed(env, [&] { return m.sgd_step(r, s); }));
   }

@@ -202,6 +202,58 @@ void print_bf16_effect(ViT& cpu_model, const std::vector<float>& images, int64_t
               tag.c_str(), r.max_abs, r.rel);
 }
 
+// ViT::train_step four times on fresh models, eagerly and with graphs (run, record, replay,
+// replay), with a learning rate that changes every step and clipping on: on each side the
+// graphed steps must equal the eager ones bit for bit (the same kernels in the same order, each
+// step's values read from backend memory), and the CUDA steps must match the CPU's.
+void fused_steps(Backend& cuda, const ViTConfig& config, int64_t B, const std::vector<float>& images,
+                 const std::vector<int32_t>& labels, const std::string& name, Checker* check) {
+  constexpr int kSteps = 4;
+  Backend* backends[2] = {&cpu_backend(), &cuda};
+  std::vector<float> losses[2][2], params[2][2];  // [side][graphs]
+  for (int i = 0; i < 2; ++i)
+    for (int graphs = 0; graphs < 2; ++graphs) {
+      const std::string tag = name + (graphs ? " train_step graphed" : " train_step eager") + (i ? " cuda" : " cpu");
+      PoisonBackend be(*backends[i]);
+      std::unique_ptr<ViT> m;
+      Status st = ViT::Create(be, config, 2024, &m);
+      if (st.ok()) st = m->set_compute_dtype(check->dtype());
+      if (!st.ok()) return check->fail(tag, st);
+      m->set_graphs(graphs != 0);
+      Target target;
+      target.labels = labels.data();
+      target.smoothing = 0.1f;
+      OptimizerStep update;
+      update.clip_max_norm = 0.5;
+      for (int s = 0; s < kSteps && st.ok(); ++s) {
+        update.adamw.step = s + 1;
+        update.ranges.clear();
+        const float lr = 1e-3f * (1.0f - 0.1f * static_cast<float>(s));
+        for (const Param& p : m->params())
+          if (p.trainable) update.ranges.push_back({p.offset, p.numel, lr, p.shape.size() > 1 ? 0.05f : 0.0f});
+        float loss = 0;
+        double norm = 0;
+        st = m->train_step(images.data(), B, target, update, &loss, nullptr, &norm);
+        losses[i][graphs].push_back(loss);
+        losses[i][graphs].push_back(static_cast<float>(norm));
+      }
+      for (const Param& p : m->params()) {
+        if (!st.ok() || !p.trainable) continue;
+        std::vector<float> v;
+        st = download_param(*m, p, false, &v);
+        params[i][graphs].insert(params[i][graphs].end(), v.begin(), v.end());
+      }
+      if (!st.ok()) return check->fail(tag, st);
+    }
+  for (int i = 0; i < 2; ++i) {
+    const std::string side = i ? " cuda" : " cpu";
+    check->add(compare("model", name + " train_step graphed≡eager" + side, "loss, norm", losses[i][0], losses[i][1], 0.0));
+    check->add(compare("model", name + " train_step graphed≡eager" + side, "params", params[i][0], params[i][1], 0.0));
+  }
+  check->add(compare("model", name + " train_step ×4", "loss, norm", losses[0][0], losses[1][0], check->grad_tol()));
+  check->add(compare("model", name + " train_step ×4", "params", params[0][0], params[1][0], check->grad_tol()));
+}
+
 void run_mode(Backend& cuda, const ViTConfig& base, Trainable mode, int64_t B, Checker* check) {
   ViTConfig config = base;
   config.trainable = mode;
@@ -239,6 +291,7 @@ void run_mode(Backend& cuda, const ViTConfig& base, Trainable mode, int64_t B, C
     if (!st.ok()) return check->fail(name + (i ? " adamw cuda" : " adamw cpu"), st);
   }
   train_step(sides, images, labels, B, name + " step 2", check);
+  fused_steps(cuda, config, B, images, labels, name, check);
 
   std::vector<float> unfolded[2], folded[2];
   eval(sides, images, B, unfolded, name + " eval", check);

@@ -485,10 +485,14 @@ void dropout_case(Backend& cpu, Backend& gpu, std::vector<Result>* results) {
   Backend* be[2] = {&cpu, &gpu};
   for (int i = 0; i < 2; ++i) {
     Pool pool(*be[i]);
-    float* d = nullptr;
+    float *d = nullptr, *key = nullptr;  // the step key: 8 bytes of backend memory
+    const uint64_t step_key = 0xABC000ull;
     Status st = pool.put(z, &d);
-    if (st.ok()) st = be[i]->dropout_forward(d, n, 0.3f, 123456789ull, 0xABCDEFull);
-    if (st.ok()) st = be[i]->dropout_backward(d, n, 0.3f, 123456789ull, 0xABCDEFull);  // twice
+    if (st.ok()) st = pool.put(std::vector<float>(2), &key);
+    if (st.ok()) st = be[i]->upload(key, &step_key, sizeof(step_key));
+    const uint64_t* k = reinterpret_cast<const uint64_t*>(key);
+    if (st.ok()) st = be[i]->dropout_forward(d, n, 0.3f, 123456789ull, k, 0xDEFull);
+    if (st.ok()) st = be[i]->dropout_backward(d, n, 0.3f, 123456789ull, k, 0xDEFull);  // twice
     if (st.ok()) st = pool.get(d, n, &out[i]);
     if (!st.ok()) {
       results->push_back(failure("dropout", "n=100003 p=0.3", st.message()));
@@ -633,12 +637,18 @@ void sum_squares_case(Backend& cpu, Backend& gpu, std::vector<Result>* results) 
   Gen g(66);
   const auto x = g.uniform(n, -1, 1);
   double total[2] = {0, 0};
+  float clipped[2] = {0, 0};
   Backend* be[2] = {&cpu, &gpu};
   for (int i = 0; i < 2; ++i) {
     Pool pool(*be[i]);
-    float* p;
+    float *p, *out;  // out: Σ x² (a double), then the clipped gradient scale
     Status st = pool.put(x, &p);
-    if (st.ok()) st = be[i]->sum_squares(p, n, &total[i]);
+    if (st.ok()) st = pool.put(std::vector<float>(3), &out);
+    double* sum = reinterpret_cast<double*>(out);
+    if (st.ok()) st = be[i]->sum_squares(p, n, sum);
+    if (st.ok()) st = be[i]->clip_grad_scale(sum, 0.5, 3.0, out + 2);
+    if (st.ok()) st = be[i]->download(&total[i], sum, sizeof(double));
+    if (st.ok()) st = be[i]->download(&clipped[i], out + 2, sizeof(float));
     if (!st.ok()) {
       results->push_back(failure("sum_squares", "n=1000003", st.message()));
       print_result(results->back());
@@ -654,6 +664,17 @@ void sum_squares_case(Backend& cpu, Backend& gpu, std::vector<Result>* results) 
   r.pass = std::isfinite(total[1]) && r.rel <= r.tol;
   r.note = "";
   results->push_back(r);
+  print_result(results->back());
+  // The clipped scale from (nearly) the same total: the same float, computed on the device.
+  Result c = failure("clip_grad_scale", "pre 0.5, max norm 3", "");
+  c.output = "grad_scale";
+  c.n = 1;
+  c.tol = 1e-6;
+  c.max_abs = std::fabs(static_cast<double>(clipped[0]) - clipped[1]);
+  c.rel = clipped[0] != 0 ? c.max_abs / std::fabs(clipped[0]) : c.max_abs;
+  c.pass = std::isfinite(clipped[1]) && clipped[0] < 0.5f && c.rel <= c.tol;
+  c.note = "";
+  results->push_back(c);
   print_result(results->back());
 }
 

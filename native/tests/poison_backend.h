@@ -110,11 +110,13 @@ class PoisonBackend final : public Backend {
     return inner_.attention_backward(d_out, qkv, saved, d_qkv, B, N, H, Dh, compute);
   }
 
-  Status dropout_forward(float* z, int64_t n, float p, uint64_t seed, uint64_t stream) override {
-    return inner_.dropout_forward(z, n, p, seed, stream);
+  Status dropout_forward(float* z, int64_t n, float p, uint64_t seed, const uint64_t* step_key,
+                         uint64_t site) override {
+    return inner_.dropout_forward(z, n, p, seed, step_key, site);  // in place
   }
-  Status dropout_backward(float* dz, int64_t n, float p, uint64_t seed, uint64_t stream) override {
-    return inner_.dropout_backward(dz, n, p, seed, stream);
+  Status dropout_backward(float* dz, int64_t n, float p, uint64_t seed, const uint64_t* step_key,
+                          uint64_t site) override {
+    return inner_.dropout_backward(dz, n, p, seed, step_key, site);  // in place
   }
   Status adapter_up_forward(const float* x, const float* z, const float* w, const float* b,
                             float* y, int64_t M, int64_t D, int64_t R, int64_t G,
@@ -131,7 +133,8 @@ class PoisonBackend final : public Backend {
   Status layernorm_adapter_forward(const float* x, int64_t ldx, const float* ln_w,
                                    const float* ln_b, float eps, const float* A,
                                    const float* a_bias, const float* up_w, const float* up_b,
-                                   float scale, float p, uint64_t seed, uint64_t stream, float* a,
+                                   float scale, float p, uint64_t seed, const uint64_t* step_key,
+                                   uint64_t site, float* a,
                                    float* z, float* u, float* mean, float* rstd, int64_t M,
                                    int64_t D, int64_t R, int64_t G) override {
     RA_RETURN_IF_ERROR(poison(u, M * D));
@@ -140,7 +143,8 @@ class PoisonBackend final : public Backend {
     if (mean) RA_RETURN_IF_ERROR(poison(mean, M));
     if (rstd) RA_RETURN_IF_ERROR(poison(rstd, M));
     return inner_.layernorm_adapter_forward(x, ldx, ln_w, ln_b, eps, A, a_bias, up_w, up_b, scale,
-                                            p, seed, stream, a, z, u, mean, rstd, M, D, R, G);
+                                            p, seed, step_key, site, a, z, u, mean, rstd, M, D, R,
+                                            G);
   }
   Status adapter_fold(float* W, float* c, const float* A, const float* a, const float* w,
                       const float* b, int64_t O, int64_t D, int64_t R, int64_t G,
@@ -166,22 +170,29 @@ class PoisonBackend final : public Backend {
     return inner_.cross_entropy(logits, labels, soft, smoothing, loss, d_logits, B, C);
   }
 
-  Status adamw_update(float* param, const float* grad, float* m, float* v,
-                      const UpdateRange* ranges, int64_t count, const AdamWStep& s) override {
-    return inner_.adamw_update(param, grad, m, v, ranges, count, s);  // in place
+  Status adamw_update(float* param, const float* grad, float* m, float* v, const UpdateJob* jobs,
+                      int64_t count, int64_t total, const AdamWScalars* s) override {
+    return inner_.adamw_update(param, grad, m, v, jobs, count, total, s);  // in place
   }
-  Status sgd_update(float* param, const float* grad, float* buf, const UpdateRange* ranges,
-                    int64_t count, const SgdStep& s) override {
-    return inner_.sgd_update(param, grad, buf, ranges, count, s);  // in place
+  Status sgd_update(float* param, const float* grad, float* buf, const UpdateJob* jobs,
+                    int64_t count, int64_t total, const SgdScalars* s) override {
+    return inner_.sgd_update(param, grad, buf, jobs, count, total, s);  // in place
+  }
+  Status clip_grad_scale(const double* sum_squares, double pre_scale, double max_norm,
+                         float* grad_scale) override {
+    RA_RETURN_IF_ERROR(poison(grad_scale, 1));
+    return inner_.clip_grad_scale(sum_squares, pre_scale, max_norm, grad_scale);
   }
   // Recordings include the poison fills, so a replay is checked like an eager run.
   Status begin_capture() override { return inner_.begin_capture(); }
   Status end_capture(void** graph) override { return inner_.end_capture(graph); }
   Status replay(void* graph) override { return inner_.replay(graph); }
   void release_graph(void* graph) override { inner_.release_graph(graph); }
-  Status sum_squares(const float* x, int64_t n, double* host_out) override {
-    *host_out = std::numeric_limits<double>::quiet_NaN();
-    return inner_.sum_squares(x, n, host_out);
+  // The double is poisoned as two float NaNs, which read as a double of about 2e307: unwritten,
+  // it fails any comparison just the same.
+  Status sum_squares(const float* x, int64_t n, double* out) override {
+    RA_RETURN_IF_ERROR(poison(reinterpret_cast<float*>(out), 2));
+    return inner_.sum_squares(x, n, out);
   }
 
  private:
