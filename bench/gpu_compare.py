@@ -92,7 +92,9 @@ def compare(ours, eager, compiled, name, peak):
     theirs, comp = rows_by_id(eager), rows_by_id(compiled)
     rows = []
     for r in ours.get("rows", []):
-        e, c = theirs.get(r["id"]), comp.get(r["id"])
+        # A "-graph" row is the same step replayed as a CUDA graph: PyTorch's row is the same.
+        torch_id = r["id"].replace("-graph/", "/", 1)
+        e, c = theirs.get(torch_id), comp.get(torch_id)
         ips = r.get("imagesPerSec") if ok(r) else None
         no_upload = None
         if ips and r.get("uploadMs") is not None and r["stepMs"]["median"] > r["uploadMs"]:

@@ -13,10 +13,13 @@
 //
 // Rows, ids METHOD/MODEL/bBATCH/DTYPE (DTYPE f32 or bf16: ViT::set_compute_dtype; bf16 products
 // for the backbone's Linears, everything else float32):
-//   repadapter-attn, repadapter-block   one training step at --batch: zero_grad, forward in
-//       training mode (adapter dropout 0.1 on), backward (cross-entropy against integer labels),
-//       AdamW (lr 1e-3, weight decay 1e-4) over the whole trainable buffer: adapters + head,
-//       the backbone frozen. Adapters: hidden 8, groups 2, scale 1 (bench/pytorch_bench.py's).
+//   repadapter-attn, repadapter-block   one training step at --batch (ViT::train_step): forward
+//       in training mode (adapter dropout 0.1 on), backward (cross-entropy against integer
+//       labels), AdamW (lr 1e-3, weight decay 1e-4) over the whole trainable buffer: adapters +
+//       head, the backbone frozen; zeroed gradients. Adapters: hidden 8, groups 2, scale 1
+//       (bench/pytorch_bench.py's).
+//   repadapter-attn-graph, repadapter-block-graph   the same steps replayed as one CUDA graph
+//       each (ViT::set_graphs); bench/gpu_compare.py sets them beside the same PyTorch rows.
 //   infer-plain            inference forward at --infer-batch, a ViT without adapters
 //   infer-unfolded-attn    the attn model (after its training rows) with its adapters in place
 //   infer-folded           the same model after fold(): a plain ViT again
@@ -218,14 +221,14 @@ class Bench {
     if (o_.train && has(Placement::kBlock)) {
       std::unique_ptr<ViT> m;
       if (create(Placement::kBlock, &m, "repadapter-block"))
-        for (DType d : o_.dtypes) train_row(*m, "repadapter-block", "block", d);
+        for (DType d : o_.dtypes) train_rows(*m, "repadapter-block", "block", d);
     }
     if ((o_.train && has(Placement::kAttn)) || o_.infer) {
       std::unique_ptr<ViT> m;
       const char* what = o_.train && has(Placement::kAttn) ? "repadapter-attn" : "infer-unfolded-attn";
       if (create(Placement::kAttn, &m, what)) {
         if (o_.train && has(Placement::kAttn))
-          for (DType d : o_.dtypes) train_row(*m, "repadapter-attn", "attn", d);
+          for (DType d : o_.dtypes) train_rows(*m, "repadapter-attn", "attn", d);
         if (o_.infer) {
           for (DType d : o_.dtypes) infer_row(*m, "infer-unfolded-attn", "attn", d);
           const Status st = m->fold();
@@ -384,26 +387,31 @@ class Bench {
     rows_.push_back(r);
   }
 
-  void train_row(ViT& m, const std::string& method, const std::string& placement, DType d) {
-    Row r = new_row(method, "train", placement, d, o_.batch);
-    r.upload_ms = upload_train_ms_;
-    Status st = m.set_compute_dtype(d);
-    if (!st.ok()) return failed_row(method, "train", placement, d, o_.batch, st.message());
-    AdamWStep hyper;
-    const std::vector<ViT::UpdateRange> ranges = {{0, m.trainable_count(), 1e-3f, 1e-4f}};
-    Target target;
-    target.labels = labels_.data();
-    int64_t step = 0;
-    measure(r, [&]() -> Status {
-      float loss = 0;
-      RA_RETURN_IF_ERROR(m.zero_grad());
-      RA_RETURN_IF_ERROR(m.forward(images_.data(), o_.batch, true, false, logits_.data()));
-      RA_RETURN_IF_ERROR(m.backward(target, &loss));
-      if (!std::isfinite(loss)) return Internal("the loss is not finite: " + std::to_string(loss));
-      hyper.step = ++step;
-      return m.adamw_step(ranges, hyper);
-    });
-    finish(r, count_flops(m.config(), m.config().adapter.placement).train);
+  // One ViT::train_step per timed step (what Optimizer.trainStep and the Trainer call); with
+  // graphs, the step is recorded at the second call and replayed from then on (both in warm-up).
+  void train_rows(ViT& m, const std::string& method, const std::string& placement, DType d) {
+    for (bool graphs : {false, true}) {
+      const std::string name = method + (graphs ? "-graph" : "");
+      Row r = new_row(name, "train", placement, d, o_.batch);
+      r.upload_ms = upload_train_ms_;
+      Status st = m.set_compute_dtype(d);
+      if (!st.ok()) return failed_row(name, "train", placement, d, o_.batch, st.message());
+      m.set_graphs(graphs);
+      OptimizerStep update;
+      update.ranges = {{0, m.trainable_count(), 1e-3f, 1e-4f}};
+      Target target;
+      target.labels = labels_.data();
+      int64_t step = 0;
+      measure(r, [&]() -> Status {
+        float loss = 0;
+        update.adamw.step = ++step;
+        RA_RETURN_IF_ERROR(m.train_step(images_.data(), o_.batch, target, update, &loss, nullptr, nullptr));
+        if (!std::isfinite(loss)) return Internal("the loss is not finite: " + std::to_string(loss));
+        return Status::Ok();
+      });
+      m.set_graphs(false);
+      finish(r, count_flops(m.config(), m.config().adapter.placement).train);
+    }
   }
 
   void infer_row(ViT& m, const std::string& method, const std::string& placement, DType d) {
