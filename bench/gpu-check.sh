@@ -11,7 +11,8 @@
 # library, the check programs; no addon), then runs
 #   1. backend_registry_check --expect available     the library loads and finds the GPU
 #   2. cuda_ops_check                                 every op vs the CPU, small + ViT-B shapes
-#   3. cuda_model_check --config small --batch 4      training steps, AdamW, fold vs the CPU
+#   3. cuda_model_check --config small --batch 4      training steps, AdamW, whole steps eager
+#                                                     and as CUDA graphs, fold vs the CPU
 #   4. cuda_model_check --config vit_b16 --batch 8    the same at ViT-B/16, batch 8
 #      ... and again with --dtype bf16                 bf16 Linears, CUDA's bf16 GEMM vs the CPU's
 #   5. compute-sanitizer memcheck on 3 (small config) and on cuda_ops_check --small
@@ -172,10 +173,12 @@ find "$BUILD" -maxdepth 2 -name repadapter_cuda.so -exec ls -la {} \; >>"$BUILDL
 step "registry: CUDA available" "$ENVLOG" 60 "$BUILD/backend_registry_check" --expect available
 step "ops: small + ViT-B shapes" "$OUT/ops.log" 150 "$BUILD/cuda_ops_check"
 step "model: small, batch 4" "$OUT/model_small.log" 90 "$BUILD/cuda_model_check" --config small --batch 4
-step "model: vit_b16, batch 8" "$OUT/model_vitb16.log" 240 "$BUILD/cuda_model_check" --config vit_b16 --batch 8
+# ViT-B/16 runs 3 whole steps per model (eager, recorded, replayed): enough for graph ≡ eager.
+step "model: vit_b16, batch 8" "$OUT/model_vitb16.log" 240 "$BUILD/cuda_model_check" --config vit_b16 --batch 8 \
+  --fused-steps 3
 # Appended to the same log: a file of its own would be a ninth, beyond what comes back.
 step "model: vit_b16, batch 8, bf16" "$OUT/model_vitb16.log" 180 \
-  "$BUILD/cuda_model_check" --config vit_b16 --batch 8 --dtype bf16
+  "$BUILD/cuda_model_check" --config vit_b16 --batch 8 --dtype bf16 --fused-steps 3
 
 SAN="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
 if [[ -x "$SAN" ]]; then
