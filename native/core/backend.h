@@ -150,8 +150,13 @@ class Backend {
   // needs, attention_saved_floats(B, N, H, Dh, compute) floats in a backend-defined layout (the
   // CPU keeps the softmax [B,H,N,N]; a fused kernel may keep each row's log-sum-exp and the
   // output instead); null in inference. `compute` is the model's compute dtype: kF32 is float32
-  // throughout; kBF16 is attention as PyTorch's bf16 autocast runs it (the products' operands
-  // rounded to bf16, sums and softmax in float32), defined exactly in cpu/attention.cc.
+  // throughout; kBF16 is attention as PyTorch's bf16 autocast runs it (FlashAttention-2), per
+  // (sample, head) with x̂ = x rounded to bf16 and every sum in float32:
+  //   forward   s = scale · q̂ k̂ᵀ, e = exp(s − rowmax s), ℓ = rowsum e, out = (bf16(e) v̂) / ℓ
+  //   backward  p = e / ℓ, dÔ = bf16(d_out), dV = bf16(p)ᵀ dÔ, dP = dÔ v̂ᵀ,
+  //             dS = p ⊙ (dP − rowsum(dP ⊙ p)), dQ = scale · bf16(dS) k̂, dK = scale · bf16(dS)ᵀ q̂
+  // (cpu/attention.cc defines it exactly; a fused kernel may round e against a running maximum,
+  // and the difference it makes is documented with the kernel).
   virtual int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh,
                                          DType compute) const = 0;
   virtual Status attention_forward(const float* qkv, float* out, float* saved, int64_t B,

@@ -4,18 +4,53 @@
 // h are N×Dh matrices with leading dimension 3D, so nothing is gathered or transposed. The
 // products are oneDNN gemms that run single-threaded inside the OpenMP loop over (b, h); the
 // score matrix of one head (N×N) stays in cache between its two products.
+//
+// Two compute dtypes (the model's; DType in core/backend.h):
+//
+// kF32: float32 throughout. With s the N×N scores of one (sample, head) and p = softmax(s):
+//   forward   s = scale · q kᵀ,  p = e · (1/ℓ) with e = exp(s − rowmax s), ℓ = rowsum e,
+//             out = p v
+//   backward  dV = pᵀ dO,  dP = dO vᵀ,  D = rowsum(dP ⊙ p),  dS = p ⊙ (dP − D),
+//             dQ = scale · dS k,  dK = scale · dSᵀ q
+//
+// kBF16: attention as PyTorch's bf16 autocast runs it (FlashAttention-2): every operand of a
+// product is rounded to bf16 — x̂ = x rounded to nearest even (core/bf16.h) — and every sum, the
+// softmax and the outputs stay float32:
+//   forward   s = scale · (q̂ k̂ᵀ),  m = rowmax s,  e = exp(s − m),  ℓ = rowsum e (of the
+//             unrounded e),  out_i = (Σ_j bf16(e_ij) · v̂_j) / ℓ_i
+//   backward  dÔ = bf16(dO),  dV = bf16(p)ᵀ dÔ,  dP = dÔ v̂ᵀ,  D = rowsum(dP ⊙ p),
+//             dS = p ⊙ (dP − D),  dQ = scale · bf16(dS) k̂,  dK = scale · bf16(dS)ᵀ q̂
+// where p = e · (1/ℓ) is what forward saves in both dtypes (float32, unrounded). Because ℓ sums
+// the unrounded e, out's weights bf16(e)/ℓ need not sum to exactly 1; that is FlashAttention's
+// definition too (its ℓ accumulates the float32 e, the product takes the rounded one). D in
+// exact arithmetic is rowsum(dÔ ⊙ out), the form the fused CUDA kernels use.
+//
+// The bf16 products multiply float32 copies of the rounded operands with the same gemms and
+// loops as kF32 (exact: a bf16 × bf16 product fits a float32), so the two dtypes differ by those
+// roundings only, and kF32 is the code it always was.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "../core/bf16.h"
 #include "cpu_backend.h"
 #include "vmath.h"
 
 namespace repadapter {
 namespace {
 
-// Row-wise softmax in place over an N×N block.
-RA_VECTOR_CLONES void softmax_rows(float* s, int64_t N) {
+inline float round_bf16(float x) { return bf16_to_float(bf16_from_float(x)); }
+
+// dst [rows, cols] (dense) = src (rows ld apart) rounded to bf16.
+void round_rows(const float* src, int64_t ld, int64_t rows, int64_t cols, float* dst) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] = round_bf16(src[r * ld + c]);
+}
+
+// Row-wise softmax in place over an N×N block. With `rounded`, also the bf16 forward's pieces:
+// rounded = bf16(e) and sums = ℓ per row, from the same e as the probabilities.
+RA_VECTOR_CLONES void softmax_rows(float* s, int64_t N, float* rounded = nullptr,
+                                   float* sums = nullptr) {
   for (int64_t i = 0; i < N; ++i) {
     float* row = s + i * N;
     float mx = row[0];
@@ -26,6 +61,10 @@ RA_VECTOR_CLONES void softmax_rows(float* s, int64_t N) {
     for (int64_t j = 0; j < N; ++j) {
       row[j] = vmath::exp(row[j] - mx);
       sum += row[j];
+    }
+    if (rounded) {
+      for (int64_t j = 0; j < N; ++j) rounded[i * N + j] = round_bf16(row[j]);
+      sums[i] = sum;
     }
     const float inv = 1.0f / sum;
     for (int64_t j = 0; j < N; ++j) row[j] *= inv;
@@ -48,10 +87,40 @@ RA_VECTOR_CLONES void softmax_backward_rows(const float* p, float* d, int64_t N)
 // (oneDNN's per-call cost exceeds the arithmetic); plain loops over rows of q, k, v do them.
 constexpr int64_t kSmallTokens = 64;
 
-// One head, small N: s = scale·q kᵀ, softmax, out = p v. q, k, v, out rows have stride ld / ldo.
-RA_VECTOR_CLONES void small_head_forward(const float* q, const float* k, const float* v,
-                                         int64_t ld, float* s, float* out, int64_t ldo,
-                                         int64_t N, int64_t Dh, float scale) {
+// The matrices of one head's products: q, k, v (and d_out in backward) as row views — into qkv
+// and d_out themselves in float32, into dense bf16-rounded copies in bf16 compute.
+struct HeadInputs {
+  const float *q, *k, *v;
+  int64_t ld;
+  const float* dout = nullptr;
+  int64_t ldo = 0;
+};
+
+// A head's inputs for `compute`; the bf16 copies go to `rounded` ([4][N][Dh] with d_out).
+HeadInputs head_inputs(const float* q, int64_t ld, const float* dout, int64_t ldo, int64_t D,
+                       int64_t N, int64_t Dh, DType compute, std::vector<float>* rounded) {
+  HeadInputs in{q, q + D, q + 2 * D, ld, dout, ldo};
+  if (compute != DType::kBF16) return in;
+  const int64_t n = N * Dh;
+  if (static_cast<int64_t>(rounded->size()) < 4 * n) rounded->resize(4 * n);
+  float* r = rounded->data();
+  round_rows(in.q, ld, N, Dh, r);
+  round_rows(in.k, ld, N, Dh, r + n);
+  round_rows(in.v, ld, N, Dh, r + 2 * n);
+  in = {r, r + n, r + 2 * n, Dh};
+  if (dout) {
+    round_rows(dout, ldo, N, Dh, r + 3 * n);
+    in.dout = r + 3 * n;
+    in.ldo = Dh;
+  }
+  return in;
+}
+
+// ---- the products, each as a gemm (large N) or a loop (small N) ------------------------------
+
+// s = scale · q kᵀ                                                   [N, N]
+RA_VECTOR_CLONES void small_scores(const float* q, const float* k, int64_t ld, float* s,
+                                   int64_t N, int64_t Dh, float scale) {
   for (int64_t i = 0; i < N; ++i)
     for (int64_t j = 0; j < N; ++j) {
       float dot = 0;
@@ -59,49 +128,99 @@ RA_VECTOR_CLONES void small_head_forward(const float* q, const float* k, const f
       for (int64_t d = 0; d < Dh; ++d) dot += q[i * ld + d] * k[j * ld + d];
       s[i * N + j] = scale * dot;
     }
-  softmax_rows(s, N);
+}
+Status scores(CpuBackend& be, const HeadInputs& in, float* s, int64_t N, int64_t Dh,
+              float scale) {
+  if (N <= kSmallTokens) {
+    small_scores(in.q, in.k, in.ld, s, N, Dh, scale);
+    return Status::Ok();
+  }
+  Gemm g;
+  g.M = N; g.N = N; g.K = Dh; g.trans_b = true;
+  g.A = in.q; g.lda = in.ld; g.B = in.k; g.ldb = in.ld;
+  g.C = s; g.ldc = N; g.alpha = scale;
+  return be.gemm(g);
+}
+
+// out = w v, w the N×N weights of the rows (p, or bf16(e))          [N, Dh], rows ldo apart
+RA_VECTOR_CLONES void small_mix(const float* w, const float* v, int64_t ld, float* out,
+                                int64_t ldo, int64_t N, int64_t Dh) {
   for (int64_t i = 0; i < N; ++i) {
     float* o = out + i * ldo;
     for (int64_t d = 0; d < Dh; ++d) o[d] = 0;
     for (int64_t j = 0; j < N; ++j) {
-      const float p = s[i * N + j];
+      const float p = w[i * N + j];
       const float* vj = v + j * ld;
 #pragma omp simd
       for (int64_t d = 0; d < Dh; ++d) o[d] += p * vj[d];
     }
   }
 }
+Status mix(CpuBackend& be, const float* w, const HeadInputs& in, float* out, int64_t ldo,
+           int64_t N, int64_t Dh) {
+  if (N <= kSmallTokens) {
+    small_mix(w, in.v, in.ld, out, ldo, N, Dh);
+    return Status::Ok();
+  }
+  Gemm g;
+  g.M = N; g.N = Dh; g.K = N;
+  g.A = w; g.lda = N; g.B = in.v; g.ldb = in.ld;
+  g.C = out; g.ldc = ldo;
+  return be.gemm(g);
+}
 
-// One head, small N, backward: the same products as the gemm path, as loops.
-RA_VECTOR_CLONES void small_head_backward(const float* q, const float* k, const float* v,
-                                          int64_t ld, const float* p, const float* dout,
-                                          int64_t ldo, float* ds, float* dq, float* dk,
-                                          float* dv, int64_t N, int64_t Dh, float scale) {
+// dv = wᵀ dO (w: p, or bf16(p)) and dp = dO vᵀ                   dv [N, Dh] rows ldg apart; dp [N, N]
+RA_VECTOR_CLONES void small_value_grads(const float* w, const float* dout, int64_t ldo,
+                                        const float* v, int64_t ld, float* dv, int64_t ldg,
+                                        float* dp, int64_t N, int64_t Dh) {
   for (int64_t j = 0; j < N; ++j)
-    for (int64_t d = 0; d < Dh; ++d) dq[j * ld + d] = dk[j * ld + d] = dv[j * ld + d] = 0;
+    for (int64_t d = 0; d < Dh; ++d) dv[j * ldg + d] = 0;
   for (int64_t i = 0; i < N; ++i) {
     const float* g = dout + i * ldo;
     for (int64_t j = 0; j < N; ++j) {
-      const float pij = p[i * N + j];
+      const float pij = w[i * N + j];
       const float* vj = v + j * ld;
-      float* dvj = dv + j * ld;
+      float* dvj = dv + j * ldg;
       float dot = 0;
 #pragma omp simd reduction(+ : dot)
       for (int64_t d = 0; d < Dh; ++d) {
         dvj[d] += pij * g[d];  // dv = pᵀ do
         dot += g[d] * vj[d];   // dp = do vᵀ
       }
-      ds[i * N + j] = dot;
+      dp[i * N + j] = dot;
     }
   }
-  softmax_backward_rows(p, ds, N);
+}
+Status value_grads(CpuBackend& be, const float* w, const HeadInputs& in, float* dv, int64_t ldg,
+                   float* dp, int64_t N, int64_t Dh) {
+  if (N <= kSmallTokens) {
+    small_value_grads(w, in.dout, in.ldo, in.v, in.ld, dv, ldg, dp, N, Dh);
+    return Status::Ok();
+  }
+  Gemm g1;  // dv = wᵀ do                        [N, Dh]
+  g1.trans_a = true; g1.M = N; g1.N = Dh; g1.K = N;
+  g1.A = w; g1.lda = N; g1.B = in.dout; g1.ldb = in.ldo; g1.C = dv; g1.ldc = ldg;
+  Status st = be.gemm(g1);
+  Gemm g2;  // dp = do vᵀ                        [N, N]
+  g2.trans_b = true; g2.M = N; g2.N = N; g2.K = Dh;
+  g2.A = in.dout; g2.lda = in.ldo; g2.B = in.v; g2.ldb = in.ld; g2.C = dp; g2.ldc = N;
+  if (st.ok()) st = be.gemm(g2);
+  return st;
+}
+
+// dq = scale · ds k and dk = scale · dsᵀ q                        [N, Dh] each, rows ldg apart
+RA_VECTOR_CLONES void small_query_key_grads(const float* ds, const float* q, const float* k,
+                                            int64_t ld, float* dq, float* dk, int64_t ldg,
+                                            int64_t N, int64_t Dh, float scale) {
+  for (int64_t j = 0; j < N; ++j)
+    for (int64_t d = 0; d < Dh; ++d) dq[j * ldg + d] = dk[j * ldg + d] = 0;
   for (int64_t i = 0; i < N; ++i)
     for (int64_t j = 0; j < N; ++j) {
       const float w = scale * ds[i * N + j];
       const float* kj = k + j * ld;
       const float* qi = q + i * ld;
-      float* dqi = dq + i * ld;
-      float* dkj = dk + j * ld;
+      float* dqi = dq + i * ldg;
+      float* dkj = dk + j * ldg;
 #pragma omp simd
       for (int64_t d = 0; d < Dh; ++d) {
         dqi[d] += w * kj[d];  // dq = scale·ds k
@@ -109,40 +228,54 @@ RA_VECTOR_CLONES void small_head_backward(const float* q, const float* k, const 
       }
     }
 }
+Status query_key_grads(CpuBackend& be, const float* ds, const HeadInputs& in, float* dq,
+                       float* dk, int64_t ldg, int64_t N, int64_t Dh, float scale) {
+  if (N <= kSmallTokens) {
+    small_query_key_grads(ds, in.q, in.k, in.ld, dq, dk, ldg, N, Dh, scale);
+    return Status::Ok();
+  }
+  Gemm g3;  // dq = scale · ds k                  [N, Dh]
+  g3.M = N; g3.N = Dh; g3.K = N; g3.alpha = scale;
+  g3.A = ds; g3.lda = N; g3.B = in.k; g3.ldb = in.ld; g3.C = dq; g3.ldc = ldg;
+  Status st = be.gemm(g3);
+  Gemm g4;  // dk = scale · dsᵀ q                 [N, Dh]
+  g4.trans_a = true; g4.M = N; g4.N = Dh; g4.K = N; g4.alpha = scale;
+  g4.A = ds; g4.lda = N; g4.B = in.q; g4.ldb = in.ld; g4.C = dk; g4.ldc = ldg;
+  if (st.ok()) st = be.gemm(g4);
+  return st;
+}
 
 }  // namespace
 
 Status CpuBackend::attention_forward(const float* qkv, float* out, float* probs, int64_t B,
-                                     int64_t N, int64_t H, int64_t Dh, DType) {
+                                     int64_t N, int64_t H, int64_t Dh, DType compute) {
   const int64_t D = H * Dh, ld = 3 * D;
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
+  const bool bf16 = compute == DType::kBF16;
   Status status;
 #pragma omp parallel
   {
-    thread_local std::vector<float> local;
+    thread_local std::vector<float> local, rounded, weights, sums;
     if (!probs && static_cast<int64_t>(local.size()) < N * N) local.resize(N * N);
+    if (bf16 && static_cast<int64_t>(weights.size()) < N * N) weights.resize(N * N);
+    if (bf16 && static_cast<int64_t>(sums.size()) < N) sums.resize(N);
 #pragma omp for collapse(2) schedule(dynamic)
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < H; ++h) {
-        const float* q = qkv + b * N * ld + h * Dh;
-        const float* k = q + D;
-        const float* v = q + 2 * D;
+        const HeadInputs in =
+            head_inputs(qkv + b * N * ld + h * Dh, ld, nullptr, 0, D, N, Dh, compute, &rounded);
         float* s = probs ? probs + (b * H + h) * N * N : local.data();
-        if (N <= kSmallTokens) {
-          small_head_forward(q, k, v, ld, s, out + b * N * D + h * Dh, D, N, Dh, scale);
-          continue;
+        float* o = out + b * N * D + h * Dh;  // [N, Dh], rows D apart
+        Status st = scores(*this, in, s, N, Dh, scale);
+        if (bf16) {
+          softmax_rows(s, N, weights.data(), sums.data());
+          if (st.ok()) st = mix(*this, weights.data(), in, o, D, N, Dh);  // Σ_j bf16(e_ij) v̂_j
+          for (int64_t i = 0; i < N; ++i)
+            for (int64_t d = 0; d < Dh; ++d) o[i * D + d] /= sums[i];
+        } else {
+          softmax_rows(s, N);
+          if (st.ok()) st = mix(*this, s, in, o, D, N, Dh);
         }
-        Gemm scores;  // s = scale · q kᵀ            [N, N]
-        scores.M = N; scores.N = N; scores.K = Dh; scores.trans_b = true;
-        scores.A = q; scores.lda = ld; scores.B = k; scores.ldb = ld;
-        scores.C = s; scores.ldc = N; scores.alpha = scale;
-        Status st = gemm(scores);
-        softmax_rows(s, N);
-        Gemm mix;  // out_h = p v                     [N, Dh]
-        mix.M = N; mix.N = Dh; mix.K = N;
-        mix.A = s; mix.lda = N; mix.B = v; mix.ldb = ld;
-        mix.C = out + b * N * D + h * Dh; mix.ldc = D;
-        if (st.ok()) st = gemm(mix);
         if (!st.ok()) {
 #pragma omp critical
           status = st;
@@ -152,53 +285,39 @@ Status CpuBackend::attention_forward(const float* qkv, float* out, float* probs,
   return status;
 }
 
-// With p = softmax(s):  dv = pᵀ do,  dp = do vᵀ,  ds = p ⊙ (dp − rowsum(dp ⊙ p)),
-// dq = scale · ds k,  dk = scale · dsᵀ q.
 Status CpuBackend::attention_backward(const float* d_out, const float* qkv, const float* probs,
                                       float* d_qkv, int64_t B, int64_t N, int64_t H,
-                                      int64_t Dh, DType) {
+                                      int64_t Dh, DType compute) {
   const int64_t D = H * Dh, ld = 3 * D;
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
+  const bool bf16 = compute == DType::kBF16;
   Status status;
 #pragma omp parallel
   {
-    thread_local std::vector<float> ds_local;
+    thread_local std::vector<float> ds_local, rounded, p_rounded;
     if (static_cast<int64_t>(ds_local.size()) < N * N) ds_local.resize(N * N);
+    if (bf16 && static_cast<int64_t>(p_rounded.size()) < N * N) p_rounded.resize(N * N);
 #pragma omp for collapse(2) schedule(dynamic)
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < H; ++h) {
         const int64_t offset = b * N * ld + h * Dh;
-        const float* q = qkv + offset;
-        const float* k = q + D;
-        const float* v = q + 2 * D;
-        float* dq = d_qkv + offset;
+        const HeadInputs in = head_inputs(qkv + offset, ld, d_out + b * N * D + h * Dh, D, D, N,
+                                          Dh, compute, &rounded);
+        float* dq = d_qkv + offset;  // dq, dk, dv: [N, Dh], rows ld apart
         float* dk = dq + D;
         float* dv = dq + 2 * D;
         const float* p = probs + (b * H + h) * N * N;
-        const float* dout = d_out + b * N * D + h * Dh;
         float* ds = ds_local.data();
-        if (N <= kSmallTokens) {
-          small_head_backward(q, k, v, ld, p, dout, D, ds, dq, dk, dv, N, Dh, scale);
-          continue;
+        const float* p_dv = p;  // dv's operand: p, or bf16(p)
+        if (bf16) {
+          round_rows(p, N, N, N, p_rounded.data());
+          p_dv = p_rounded.data();
         }
-
-        Gemm g1;  // dv = pᵀ do                        [N, Dh]
-        g1.trans_a = true; g1.M = N; g1.N = Dh; g1.K = N;
-        g1.A = p; g1.lda = N; g1.B = dout; g1.ldb = D; g1.C = dv; g1.ldc = ld;
-        Status st = gemm(g1);
-        Gemm g2;  // dp = do vᵀ                        [N, N]
-        g2.trans_b = true; g2.M = N; g2.N = N; g2.K = Dh;
-        g2.A = dout; g2.lda = D; g2.B = v; g2.ldb = ld; g2.C = ds; g2.ldc = N;
-        if (st.ok()) st = gemm(g2);
+        Status st = value_grads(*this, p_dv, in, dv, ld, ds, N, Dh);
         softmax_backward_rows(p, ds, N);
-        Gemm g3;  // dq = scale · ds k                  [N, Dh]
-        g3.M = N; g3.N = Dh; g3.K = N; g3.alpha = scale;
-        g3.A = ds; g3.lda = N; g3.B = k; g3.ldb = ld; g3.C = dq; g3.ldc = ld;
-        if (st.ok()) st = gemm(g3);
-        Gemm g4;  // dk = scale · dsᵀ q                 [N, Dh]
-        g4.trans_a = true; g4.M = N; g4.N = Dh; g4.K = N; g4.alpha = scale;
-        g4.A = ds; g4.lda = N; g4.B = q; g4.ldb = ld; g4.C = dk; g4.ldc = ld;
-        if (st.ok()) st = gemm(g4);
+        if (bf16)
+          for (int64_t i = 0; i < N * N; ++i) ds[i] = round_bf16(ds[i]);
+        if (st.ok()) st = query_key_grads(*this, ds, in, dq, dk, ld, N, Dh, scale);
         if (!st.ok()) {
 #pragma omp critical
           status = st;
