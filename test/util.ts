@@ -42,3 +42,18 @@ export function randomise(vit: ViT, seed: number, which: (p: ParamInfo) => boole
     vit.setParam(p.name, values);
   }
 }
+
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+
+/** x rounded to bf16 (nearest, ties to even) and widened back: written independently of the native code. */
+export function bf16Round(x: number): number {
+  f32[0] = x;
+  const u = u32[0];
+  if ((u & 0x7fffffff) > 0x7f800000) return x; // NaN
+  const lower = u & 0xffff;
+  let upper = u >>> 16;
+  if (lower > 0x8000 || (lower === 0x8000 && (upper & 1) === 1)) upper += 1;
+  u32[0] = (upper << 16) >>> 0;
+  return f32[0];
+}

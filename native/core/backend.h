@@ -38,6 +38,10 @@ struct Gemm {
   // A is then rounded to bf16 as well and the products accumulate in float32 — a bf16 GEMM as
   // oneDNN's bf16 matmul and cuBLASLt's bf16 GEMM with 32F compute define it. C stays float32.
   const uint16_t* B_bf16 = nullptr;
+  // bf16 activations, with B_bf16 and batch = 1 only: A_bf16 replaces A (already bf16, same
+  // layout), and C_bf16 replaces C (the float32 result, bias included, rounded to bf16; beta 0).
+  const uint16_t* A_bf16 = nullptr;
+  uint16_t* C_bf16 = nullptr;
 };
 
 // A slice of the flat parameter / gradient / state buffers that an optimizer step updates with
@@ -144,6 +148,8 @@ class Backend {
   // The same from a bf16 copy of the input (what bf16 compute keeps for backward): exactly
   // gelu_backward of the widened values.
   virtual Status gelu_backward_bf16(const uint16_t* x, float* d, int64_t n) = 0;
+  // bf16 in and out, as autocast runs it: y = bf16(gelu_forward(widened x)); y may equal x.
+  virtual Status gelu_forward_bf16(const uint16_t* x, uint16_t* y, int64_t n) = 0;
 
   // ---- multi-head softmax attention, scale Dh^-0.5 (cpu/attention.cc) ----------------------
   // qkv [B,N,3,H,Dh] (the qkv Linear's output) → out [B,N,H,Dh]. `saved` keeps what backward

@@ -48,14 +48,34 @@ RA_VECTOR_CLONES static void widen_chunk(const uint16_t* x, float* out, int64_t 
   for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_float(x[i]);
 }
 
-Status CpuBackend::gelu_backward_bf16(const uint16_t* x, float* d, int64_t n) {
+RA_VECTOR_CLONES static void narrow_chunk(const float* x, uint16_t* out, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = bf16_from_float(x[i]);
+}
+
+// The bf16 forms run the float32 kernels on chunks of x widened on the stack:
+// f(wide, start, length) for each chunk.
+template <typename F>
+static void over_widened_chunks(const uint16_t* x, int64_t n, F f) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; i += kChunk) {
-    float wide[kChunk];  // one chunk widened on the stack, then the float32 kernel
+    float wide[kChunk];
     const int64_t m = std::min(kChunk, n - i);
     widen_chunk(x + i, wide, m);
-    gelu_backward_chunk(wide, d + i, m);
+    f(wide, i, m);
   }
+}
+
+Status CpuBackend::gelu_backward_bf16(const uint16_t* x, float* d, int64_t n) {
+  over_widened_chunks(x, n, [d](float* wide, int64_t i, int64_t m) { gelu_backward_chunk(wide, d + i, m); });
+  return Status::Ok();
+}
+
+Status CpuBackend::gelu_forward_bf16(const uint16_t* x, uint16_t* y, int64_t n) {
+  over_widened_chunks(x, n, [y](float* wide, int64_t i, int64_t m) {
+    gelu_chunk(wide, wide, m);
+    narrow_chunk(wide, y + i, m);
+  });
   return Status::Ok();
 }
 

@@ -52,7 +52,7 @@ dnnl::memory::desc operand(int64_t batch, int64_t rows, int64_t cols, bool trans
   return {dims{batch, rows, cols}, type, dims{stride, strides2[0], strides2[1]}};
 }
 
-// Key slot 15: the operand type (0 float32, 1 bf16 A and B).
+// Key slot 15: the operand types (0 float32; 1 bf16 A and B, float32 C; 2 bf16 A, B and C).
 constexpr int kKeyBf16 = 15;
 
 Status compile(const Gemm& g, const Key& key, const Compiled** out) {
@@ -69,7 +69,7 @@ Status compile(const Gemm& g, const Key& key, const Compiled** out) {
     const dt ab = key[kKeyBf16] ? dt::bf16 : dt::f32;
     c.a = operand(g.batch, g.M, g.K, g.trans_a, g.lda, g.stride_a, ab);
     c.b = operand(g.batch, g.K, g.N, g.trans_b, g.ldb, g.stride_b, ab);
-    c.c = operand(g.batch, g.M, g.N, false, g.ldc, g.stride_c);
+    c.c = operand(g.batch, g.M, g.N, false, g.ldc, g.stride_c, key[kKeyBf16] == 2 ? dt::bf16 : dt::f32);
     if (g.bias) c.bias = operand(g.batch, 1, g.N, false, g.N, 0);
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
@@ -114,8 +114,8 @@ bool is_skinny(const Gemm& g) {
   return g.batch == 1 && !g.trans_a && g.trans_b && g.N <= 16 && !g.B_bf16;
 }
 
-// Runs a compiled primitive; A and B point at data of the types the key says.
-Status execute(const Gemm& g, const Compiled& c, const void* A, const void* B) {
+// Runs a compiled primitive; A, B and C point at data of the types the key says.
+Status execute(const Gemm& g, const Compiled& c, const void* A, const void* B, void* C) {
   thread_local dnnl::stream stream(cpu_engine());
   thread_local std::vector<char> scratch;
   size_t scratch_bytes = c.scratch.get_size();
@@ -125,7 +125,7 @@ Status execute(const Gemm& g, const Compiled& c, const void* A, const void* B) {
     std::unordered_map<int, dnnl::memory> args = {
         {DNNL_ARG_SRC, dnnl::memory(c.a, eng, const_cast<void*>(A))},
         {DNNL_ARG_WEIGHTS, dnnl::memory(c.b, eng, const_cast<void*>(B))},
-        {DNNL_ARG_DST, dnnl::memory(c.c, eng, g.C)},
+        {DNNL_ARG_DST, dnnl::memory(c.c, eng, C)},
         {DNNL_ARG_SCRATCHPAD, dnnl::memory(c.scratch, eng, scratch.data())},
     };
     if (g.bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(c.bias, eng, const_cast<float*>(g.bias)));
@@ -139,7 +139,7 @@ Status execute(const Gemm& g, const Compiled& c, const void* A, const void* B) {
 
 Key key_of(const Gemm& g, bool bf16) {
   Key key = {g.trans_a, g.trans_b, g.M, g.N, g.K, g.batch, g.lda, g.stride_a, g.ldb, g.stride_b,
-             g.ldc, g.stride_c, g.bias != nullptr, 0, 0, bf16 ? 1 : 0};
+             g.ldc, g.stride_c, g.bias != nullptr, 0, 0, bf16 ? (g.C_bf16 ? 2 : 1) : 0};
   static_assert(sizeof(float) == 4, "float32");
   std::memcpy(&key[13], &g.alpha, sizeof(float));
   std::memcpy(&key[14], &g.beta, sizeof(float));
@@ -175,7 +175,8 @@ bool probe_bf16_matmul() {
   }
 }
 
-// op(A) · op(B) with both operands in bf16 and float32 accumulation.
+// op(A) · op(B) with both operands in bf16 and float32 accumulation; A given in float32 (then
+// rounded) or in bf16 (A_bf16), the result in float32 (C) or rounded to bf16 (C_bf16).
 Status bf16_gemm(CpuBackend& be, const Gemm& g) {
   // Operands as stored: a transposed A is K × M, a transposed B is N × K.
   const int64_t a_rows = g.trans_a ? g.K : g.M, a_cols = g.trans_a ? g.M : g.K;
@@ -202,8 +203,11 @@ Status bf16_gemm(CpuBackend& be, const Gemm& g) {
     if (!known_refused && compile(dense, key, &c).ok()) {
       thread_local std::vector<uint16_t> a16;
       if (a16.size() < a_n) a16.resize(a_n);
-      densify(g.A, a_batches, a_rows, a_cols, g.lda, g.stride_a, a16.data(), bf16_from_float);
-      return execute(dense, *c, a16.data(), g.B_bf16);
+      if (g.A_bf16)
+        densify(g.A_bf16, a_batches, a_rows, a_cols, g.lda, g.stride_a, a16.data(), [](uint16_t v) { return v; });
+      else
+        densify(g.A, a_batches, a_rows, a_cols, g.lda, g.stride_a, a16.data(), bf16_from_float);
+      return execute(dense, *c, a16.data(), g.B_bf16, g.C_bf16 ? static_cast<void*>(g.C_bf16) : g.C);
     }
     std::lock_guard<std::mutex> lock(mutex);
     refused.insert(key);
@@ -212,14 +216,29 @@ Status bf16_gemm(CpuBackend& be, const Gemm& g) {
   const size_t b_n = static_cast<size_t>(b_batches * b_rows * b_cols);
   if (a32.size() < a_n) a32.resize(a_n);
   if (b32.size() < b_n) b32.resize(b_n);
-  densify(g.A, a_batches, a_rows, a_cols, g.lda, g.stride_a, a32.data(),
-          [](float x) { return bf16_to_float(bf16_from_float(x)); });
+  if (g.A_bf16)
+    densify(g.A_bf16, a_batches, a_rows, a_cols, g.lda, g.stride_a, a32.data(), bf16_to_float);
+  else
+    densify(g.A, a_batches, a_rows, a_cols, g.lda, g.stride_a, a32.data(),
+            [](float x) { return bf16_to_float(bf16_from_float(x)); });
   densify(g.B_bf16, b_batches, b_rows, b_cols, g.ldb, g.stride_b, b32.data(), bf16_to_float);
   dense.A = a32.data();
+  dense.A_bf16 = nullptr;
   dense.B = b32.data();
   dense.ldb = b_cols;
   dense.stride_b = b_batches > 1 ? b_rows * b_cols : 0;
-  return be.gemm(dense);
+  if (!g.C_bf16) return be.gemm(dense);
+  // A bf16 result: the float32 one (bias included), rounded.
+  thread_local std::vector<float> c32;
+  if (c32.size() < static_cast<size_t>(g.M * g.N)) c32.resize(static_cast<size_t>(g.M * g.N));
+  dense.C_bf16 = nullptr;
+  dense.C = c32.data();
+  dense.ldc = g.N;
+  RA_RETURN_IF_ERROR(be.gemm(dense));
+#pragma omp parallel for schedule(static) if (g.M * g.N > 16384)
+  for (int64_t m = 0; m < g.M; ++m)
+    for (int64_t n = 0; n < g.N; ++n) g.C_bf16[m * g.ldc + n] = bf16_from_float(c32[m * g.N + n]);
+  return Status::Ok();
 }
 
 }  // namespace
@@ -229,6 +248,8 @@ Status CpuBackend::gemm(const Gemm& g) {
     return InvalidArgument("gemm: empty or negative dimensions");
   // oneDNN scales the bias together with the product; we never need that, so forbid it.
   if (g.bias && g.alpha != 1.0f) return InvalidArgument("gemm: a bias needs alpha = 1");
+  if ((g.A_bf16 || g.C_bf16) && !(g.B_bf16 && g.batch == 1 && (!g.C_bf16 || g.beta == 0.0f)))
+    return InvalidArgument("gemm: bf16 A or C needs bf16 B, batch 1 and (for C) beta 0");
   if (g.B_bf16) return bf16_gemm(*this, g);
   if (is_skinny(g)) {
     if (omp_in_parallel()) {
@@ -241,7 +262,7 @@ Status CpuBackend::gemm(const Gemm& g) {
   }
   const Compiled* c = nullptr;
   RA_RETURN_IF_ERROR(compile(g, key_of(g, false), &c));
-  return execute(g, *c, g.A, g.B);
+  return execute(g, *c, g.A, g.B, g.C);
 }
 
 bool CpuBackend::bf16_native() const {

@@ -80,6 +80,7 @@ class CudaBackend final : public Backend {
   Status gelu_forward(const float* x, float* y, int64_t n) override;
   Status gelu_backward(const float* x, float* d, int64_t n) override;
   Status gelu_backward_bf16(const uint16_t* x, float* d, int64_t n) override;
+  Status gelu_forward_bf16(const uint16_t* x, uint16_t* y, int64_t n) override;
 
   // Dh = 32 or 64 (fused kernels, attention.cu): saved = lse [B,H,N], then a copy of out
   // [B,N,H,Dh]. Other Dh: saved = the softmax probabilities [B,H,N,N].
@@ -180,7 +181,7 @@ class CudaBackend final : public Backend {
       if (c) cublasLtMatrixLayoutDestroy(c);
     }
   };
-  using GemmKey = std::array<int64_t, 19>;
+  using GemmKey = std::array<int64_t, 20>;
   Status gemm_plan(const Gemm& g, const GemmKey& key, GemmPlan** out);
   Status gemm_fallback(const Gemm& g);
 

@@ -21,6 +21,10 @@
 // cuBLASLt's workspace, so the two never overlap. A bf16 plan is keyed apart from the float32
 // plan of the same shape.
 //
+// bf16 activations (Gemm::A_bf16, C_bf16): an A given in bf16 is read as it is, with no copy; a
+// bf16 C is cuBLASLt's D in CUDA_R_16BF, the float32 sum plus bias rounded to nearest even once,
+// as the CPU's bf16 matmul with a bf16 destination does.
+//
 // Bias: the cuBLASLt BIAS epilogue, D = alpha·op(A)op(B) + beta·C + bias, bias broadcast over
 // rows of the row-major C (over columns of cuBLAS's D, whose rows are our columns) and shared by
 // every batch entry (bias batch stride 0), exactly the CPU's C = A·B + bias + beta·C. As on the
@@ -67,6 +71,15 @@ Status lt_error(cublasStatus_t s, const char* what, const Gemm& g) {
 }
 
 // C[b, m, n] += bias[n] for the fallback path.
+// The fallback's bf16 C: c16[m·ldc + n] = bf16(c32[m·N + n] + bias[n]).
+__global__ void bias_round_kernel(const float* c32, const float* bias, int64_t M, int64_t N,
+                                  int64_t ldc, uint16_t* c16) {
+  RA_GRID_LOOP(i, M * N) {
+    const int64_t m = i / N, n = i % N;
+    c16[m * ldc + n] = bf16_from_float(bias ? __fadd_rn(c32[i], bias[n]) : c32[i]);
+  }
+}
+
 __global__ void add_bias_kernel(float* C, const float* bias, int64_t batch, int64_t M, int64_t N,
                                 int64_t ldc, int64_t stride_c) {
   RA_GRID_LOOP(i, batch * M * N) {
@@ -150,6 +163,7 @@ Status CudaBackend::gemm_plan(const Gemm& g, const GemmKey& key, GemmPlan** out)
   std::unique_ptr<GemmPlan> plan(new GemmPlan());
   const bool bf16 = key[18] != 0;
   const cudaDataType_t ab_type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  const cudaDataType_t c_type = key[19] ? CUDA_R_16BF : CUDA_R_32F;
   const cublasComputeType_t compute = !bf16 && math_mode_ == MathMode::kTf32
                                           ? CUBLAS_COMPUTE_32F_FAST_TF32
                                           : CUBLAS_COMPUTE_32F;
@@ -195,7 +209,7 @@ Status CudaBackend::gemm_plan(const Gemm& g, const GemmKey& key, GemmPlan** out)
   s = layout(&plan->a, ab_type, g.trans_b ? g.K : g.N, g.trans_b ? g.N : g.K, g.ldb, g.stride_b);
   if (s == CUBLAS_STATUS_SUCCESS)
     s = layout(&plan->b, ab_type, g.trans_a ? g.M : g.K, g.trans_a ? g.K : g.M, g.lda, g.stride_a);
-  if (s == CUBLAS_STATUS_SUCCESS) s = layout(&plan->c, CUDA_R_32F, g.N, g.M, g.ldc, g.stride_c);
+  if (s == CUBLAS_STATUS_SUCCESS) s = layout(&plan->c, c_type, g.N, g.M, g.ldc, g.stride_c);
   if (s != CUBLAS_STATUS_SUCCESS) return lt_error(s, "cublasLtMatrixLayoutCreate", g);
 
   cublasLtMatmulPreference_t pref = nullptr;
@@ -266,43 +280,40 @@ Status CudaBackend::gemm_unlocked(const Gemm& g) {
   if (g.M <= 0 || g.N <= 0 || g.K <= 0 || g.batch <= 0)
     return InvalidArgument("gemm: empty or negative dimensions");
   if (g.bias && g.alpha != 1.0f) return InvalidArgument("gemm: a bias needs alpha = 1");
+  if ((g.A_bf16 || g.C_bf16) && !(g.B_bf16 && g.batch == 1 && (!g.C_bf16 || g.beta == 0.0f)))
+    return InvalidArgument("gemm: bf16 A or C needs bf16 B, batch 1 and (for C) beta 0");
   const bool bf16 = g.B_bf16 != nullptr;
   // What cuBLAS reads as our A and B, and the shape its plan is made for: the caller's operands,
-  // or for bf16 the dense bf16 copy of A (in its stored orientation) and the caller's bf16 B.
+  // or for bf16 the dense bf16 copy of A (in its stored orientation; none when A is bf16
+  // already) and the caller's bf16 B.
   Gemm shape = g;
   const void* a = g.A;
   const void* b = g.B;
+  void* c = g.C_bf16 ? static_cast<void*>(g.C_bf16) : g.C;
   size_t a_element = sizeof(float), b_element = sizeof(float);
+  const size_t c_element = g.C_bf16 ? sizeof(uint16_t) : sizeof(float);
+  // Stored A: K × M when transposed. A batch stride of 0 shares one A, copied once.
+  const int64_t rows = g.trans_a ? g.K : g.M, cols = g.trans_a ? g.M : g.K;
+  const int64_t batches = g.batch > 1 && g.stride_a != 0 ? g.batch : 1;
+  const bool copy_a = bf16 && !g.A_bf16;
   if (bf16) {
-    // The copy goes to the start of scratch: an operand there would be overwritten, or freed
-    // if scratch has to grow.
+    // The copy of A (and the fallback's float32 C) go to scratch: an operand there would be
+    // overwritten, or freed if scratch has to grow.
     const char* lo = static_cast<const char*>(scratch_);
     auto in_scratch = [&](const void* p) {
-      const char* c = static_cast<const char*>(p);
-      return p && lo && c >= lo && c < lo + scratch_bytes_;
+      const char* q = static_cast<const char*>(p);
+      return p && lo && q >= lo && q < lo + scratch_bytes_;
     };
-    if (in_scratch(g.A) || in_scratch(g.B_bf16) || in_scratch(g.C) || in_scratch(g.bias))
+    if (in_scratch(g.A) || in_scratch(g.A_bf16) || in_scratch(g.B_bf16) || in_scratch(g.C) ||
+        in_scratch(g.C_bf16) || in_scratch(g.bias))
       return Internal("gemm: " + shape_text(g) + " has an operand in the backend's scratch buffer, "
                       "where a bf16 gemm puts its bf16 copy of A");
-    // Stored A: K × M when transposed. A batch stride of 0 shares one A, copied once.
-    const int64_t rows = g.trans_a ? g.K : g.M, cols = g.trans_a ? g.M : g.K;
-    const int64_t batches = g.batch > 1 && g.stride_a != 0 ? g.batch : 1;
-    void* tmp = nullptr;
-    RA_RETURN_IF_ERROR(scratch(static_cast<size_t>(batches * rows * cols) * sizeof(uint16_t), &tmp));
-    uint16_t* a16 = static_cast<uint16_t*>(tmp);
-    const bool x4 = cols % 4 == 0 && g.lda % 4 == 0 && (batches == 1 || g.stride_a % 4 == 0) &&
-                    reinterpret_cast<uintptr_t>(g.A) % 16 == 0;
-    const int64_t units = x4 ? cols / 4 : cols;
-    const dim3 grid(static_cast<unsigned>(std::min<int64_t>((units + 255) / 256, 65535)),
-                    static_cast<unsigned>(std::min<int64_t>(batches * rows, 65535)));
-    if (x4)
-      dense_bf16_x4_kernel<<<grid, 256, 0, stream_>>>(g.A, g.lda, g.stride_a, rows, cols, batches * rows, a16);
-    else
-      dense_bf16_kernel<<<grid, 256, 0, stream_>>>(g.A, g.lda, g.stride_a, rows, cols, batches * rows, a16);
-    RA_RETURN_IF_ERROR(launched("gemm (bf16 copy of A)"));
-    shape.lda = cols;
-    shape.stride_a = batches > 1 ? rows * cols : 0;
-    a = a16;
+    if (copy_a) {
+      shape.lda = cols;
+      shape.stride_a = batches > 1 ? rows * cols : 0;
+    } else {
+      a = g.A_bf16;
+    }
     b = g.B_bf16;
     a_element = b_element = sizeof(uint16_t);
   }
@@ -320,18 +331,52 @@ Status CudaBackend::gemm_unlocked(const Gemm& g) {
                        shape.ldc,
                        batched ? shape.stride_c : 0,
                        shape.bias != nullptr,
-                       alignment(a, shape.stride_a, shape.batch, a_element),  // [13] our A = cuBLAS's B
+                       // [13] our A = cuBLAS's B: a copy starts scratch, which cudaMalloc aligns to 256
+                       copy_a ? 256 : alignment(a, shape.stride_a, shape.batch, a_element),
                        alignment(b, shape.stride_b, shape.batch, b_element),  // [14] our B = cuBLAS's A
-                       alignment(shape.C, shape.stride_c, shape.batch),         // [15] C and D
+                       alignment(c, shape.stride_c, shape.batch, c_element),  // [15] C and D
                        shape.bias ? alignment(shape.bias, 0, 1) : 0,
                        static_cast<int64_t>(math_mode_),
-                       bf16 ? 1 : 0};  // [18] operand type: float32 or bf16
+                       bf16 ? 1 : 0,            // [18] operand type: float32 or bf16
+                       g.C_bf16 ? 1 : 0};       // [19] C type: float32 or bf16
   GemmPlan* plan = nullptr;
   RA_RETURN_IF_ERROR(gemm_plan(shape, key, &plan));
-  auto fallback = [&]() {
-    return bf16 ? gemm_ex_fallback(*this, blas_, shape, static_cast<const uint16_t*>(a), shape.lda,
-                                   shape.stride_a)
-                : gemm_fallback(g);
+  // Scratch: the bf16 copy of A, then (a bf16 C without cuBLASLt) the float32 C before rounding.
+  const size_t a_bytes = copy_a ? (static_cast<size_t>(batches * rows * cols) * sizeof(uint16_t) + 255) / 256 * 256 : 0;
+  const size_t c_bytes = g.C_bf16 && !plan->lt_ok ? static_cast<size_t>(g.M * g.N) * sizeof(float) : 0;
+  float* c32 = nullptr;
+  if (a_bytes + c_bytes > 0) {
+    void* tmp = nullptr;
+    RA_RETURN_IF_ERROR(scratch(a_bytes + c_bytes, &tmp));
+    if (copy_a) {
+      uint16_t* a16 = static_cast<uint16_t*>(tmp);
+      const bool x4 = cols % 4 == 0 && g.lda % 4 == 0 && (batches == 1 || g.stride_a % 4 == 0) &&
+                      reinterpret_cast<uintptr_t>(g.A) % 16 == 0;
+      const int64_t units = x4 ? cols / 4 : cols;
+      const dim3 grid(static_cast<unsigned>(std::min<int64_t>((units + 255) / 256, 65535)),
+                      static_cast<unsigned>(std::min<int64_t>(batches * rows, 65535)));
+      if (x4)
+        dense_bf16_x4_kernel<<<grid, 256, 0, stream_>>>(g.A, g.lda, g.stride_a, rows, cols, batches * rows, a16);
+      else
+        dense_bf16_kernel<<<grid, 256, 0, stream_>>>(g.A, g.lda, g.stride_a, rows, cols, batches * rows, a16);
+      RA_RETURN_IF_ERROR(launched("gemm (bf16 copy of A)"));
+      a = a16;
+    }
+    if (c_bytes) c32 = reinterpret_cast<float*>(static_cast<char*>(tmp) + a_bytes);
+  }
+  auto fallback = [&]() -> Status {
+    if (!bf16) return gemm_fallback(g);
+    if (!g.C_bf16)
+      return gemm_ex_fallback(*this, blas_, shape, static_cast<const uint16_t*>(a), shape.lda, shape.stride_a);
+    // The float32 C in scratch, then bias and rounding in one pass.
+    Gemm dense = shape;
+    dense.C = c32;
+    dense.ldc = g.N;
+    dense.bias = nullptr;
+    RA_RETURN_IF_ERROR(gemm_ex_fallback(*this, blas_, dense, static_cast<const uint16_t*>(a), shape.lda,
+                                        shape.stride_a));
+    bias_round_kernel<<<blocks_for(g.M * g.N), 256, 0, stream_>>>(c32, g.bias, g.M, g.N, g.ldc, g.C_bf16);
+    return launched("gemm (bias and bf16 C of the fallback path)");
   };
   if (!plan->lt_ok) return fallback();
   if (g.bias) {
@@ -342,11 +387,12 @@ Status CudaBackend::gemm_unlocked(const Gemm& g) {
   }
   // beta = 0: cuBLASLt does not read C, so C may hold anything (the checks fill it with NaN).
   const cublasStatus_t s = cublasLtMatmul(lt_, plan->desc, &g.alpha, b, plan->a, a, plan->b, &g.beta,
-                                          g.C, plan->c, g.C, plan->c, &plan->algo, workspace_,
+                                          c, plan->c, c, plan->c, &plan->algo, workspace_,
                                           workspace_bytes_, stream_);
   if (s == CUBLAS_STATUS_NOT_SUPPORTED) {
     plan->lt_ok = false;  // remember: this shape takes the fallback from now on
-    return fallback();
+    // A bf16 C needs its float32 scratch, which only a call that knows the plan reserves.
+    return g.C_bf16 ? gemm_unlocked(g) : fallback();
   }
   if (s != CUBLAS_STATUS_SUCCESS) return lt_error(s, "cublasLtMatmul", g);
   return Status::Ok();

@@ -3,13 +3,13 @@
 namespace repadapter {
 
 Status linear_forward(Backend& be, const float* x, int64_t M, const LinearRef& l, float* y,
-                      float beta) {
+                      float beta, const Bf16Activations& bf16) {
   Gemm g;
   g.trans_b = true;
   g.M = M; g.N = l.out; g.K = l.in;
-  g.A = x; g.lda = l.in;
+  g.A = x; g.lda = l.in; g.A_bf16 = bf16.x;
   g.B = l.w; g.ldb = l.in; g.B_bf16 = l.w_bf16;
-  g.C = y; g.ldc = l.out;
+  g.C = y; g.ldc = l.out; g.C_bf16 = bf16.y;
   g.bias = l.b;
   g.beta = beta;
   return be.gemm(g);

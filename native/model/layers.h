@@ -16,9 +16,16 @@ struct LinearRef {
   const uint16_t* w_bf16 = nullptr;
 };
 
+// A bf16 Linear's activations in bf16 (Gemm::A_bf16 / C_bf16): x replaces the float32 input,
+// y receives the output rounded to bf16 instead of the float32 one.
+struct Bf16Activations {
+  const uint16_t* x = nullptr;
+  uint16_t* y = nullptr;
+};
+
 // y [M, out] = x [M, in] · Wᵀ + b (+ beta · y).
 Status linear_forward(Backend& be, const float* x, int64_t M, const LinearRef& l, float* y,
-                      float beta = 0.0f);
+                      float beta = 0.0f, const Bf16Activations& bf16 = {});
 // dx [M, in] = dy · W (+ beta · dx), when dx is given; dW += dyᵀ x; db += Σ_m dy.
 Status linear_backward(Backend& be, const float* dy, const float* x, int64_t M,
                        const LinearRef& l, float* dx, float beta = 0.0f);

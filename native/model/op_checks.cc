@@ -3,6 +3,7 @@
 #include <functional>
 #include <memory>
 
+#include "../core/bf16.h"
 #include "../core/optimizer_step.h"
 #include "layers.h"
 
@@ -37,6 +38,15 @@ class Buffers {
   template <typename T>
   T* as(const std::string& name) { return reinterpret_cast<T*>(entries_.at(name).ptr); }
   float* operator[](const std::string& name) { return entries_.at(name).ptr; }
+  // A buffer of n bf16 values (in a float buffer of half the length) into `name`, widened.
+  Status get_bf16(const std::string& buffer, int64_t n, const std::string& name, HostTensors* out) {
+    std::vector<uint16_t> bits(n);
+    RA_RETURN_IF_ERROR(be_.download(bits.data(), entries_.at(buffer).ptr, n * sizeof(uint16_t)));
+    std::vector<float>& v = (*out)[name];
+    v.resize(n);
+    for (int64_t i = 0; i < n; ++i) v[i] = bf16_to_float(bits[i]);
+    return Status::Ok();
+  }
   Status get(const std::string& name, HostTensors* out) {
     std::vector<float>& v = (*out)[name];
     v.resize(entries_.at(name).n);
@@ -102,7 +112,9 @@ using OpFn = std::function<Status(Context&)>;
 
 const std::map<std::string, OpFn>& registry() {
   static const std::map<std::string, OpFn> ops = {
-    {"linear", [](Context& c) {  // x [M,in], w [out,in], b [out] → y [M,out]; bf16: 1 as the model's bf16 mode
+    // x [M,in], w [out,in], b [out] → y [M,out]; bf16: 1 as the model's bf16 mode, 2 with bf16
+    // activations too (x handed over in bf16, y returned in bf16, widened here).
+    {"linear", [](Context& c) {
        const int64_t M = c.i("M"), in = c.i("in"), out = c.i("out");
        RA_RETURN_IF_ERROR(c.inputs({{"x", M * in}, {"w", out * in}, {"b", out}}));
        RA_RETURN_IF_ERROR(c.zeros("y", M * out));
@@ -113,8 +125,18 @@ const std::map<std::string, OpFn>& registry() {
          RA_RETURN_IF_ERROR(c.be.convert_to_bf16(c.buf["w"], w16, out * in));
          l.w_bf16 = w16;
        }
-       RA_RETURN_IF_ERROR(linear_forward(c.be, c.buf["x"], M, l, c.buf["y"]));
-       RA_RETURN_IF_ERROR(c.get({"y"}));
+       if (c.i("bf16") == 2) {
+         RA_RETURN_IF_ERROR(c.zeros("x_bf16", (M * in + 1) / 2));
+         RA_RETURN_IF_ERROR(c.zeros("y_bf16", (M * out + 1) / 2));
+         uint16_t* x16 = reinterpret_cast<uint16_t*>(c.buf["x_bf16"]);
+         RA_RETURN_IF_ERROR(c.be.convert_to_bf16(c.buf["x"], x16, M * in));
+         RA_RETURN_IF_ERROR(linear_forward(c.be, nullptr, M, l, nullptr, 0.0f,
+                                           {x16, reinterpret_cast<uint16_t*>(c.buf["y_bf16"])}));
+         RA_RETURN_IF_ERROR(c.buf.get_bf16("y_bf16", M * out, "y", c.out));
+       } else {
+         RA_RETURN_IF_ERROR(linear_forward(c.be, c.buf["x"], M, l, c.buf["y"]));
+         RA_RETURN_IF_ERROR(c.get({"y"}));
+       }
        if (!c.dout) return Status::Ok();
        RA_RETURN_IF_ERROR(c.grad_of("y", M * out));
        RA_RETURN_IF_ERROR(c.zeros("d_x", M * in));
@@ -143,12 +165,23 @@ const std::map<std::string, OpFn>& registry() {
                                                   c.buf["rstd"], c.buf["d_x"], c.buf["d_w"], c.buf["d_b"], M, D));
        return c.get({"d_x", "d_w", "d_b"});
      }},
-    {"gelu", [](Context& c) {  // x [n] → y [n]; bf16: 1 takes backward from a bf16 copy of x
+    // x [n] → y [n]; bf16: 1 takes backward from a bf16 copy of x, 2 also runs forward in bf16
+    // (x rounded, y rounded, widened here).
+    {"gelu", [](Context& c) {
        const int64_t n = c.i("n");
        RA_RETURN_IF_ERROR(c.inputs({{"x", n}}));
        RA_RETURN_IF_ERROR(c.zeros("y", n));
-       RA_RETURN_IF_ERROR(c.be.gelu_forward(c.buf["x"], c.buf["y"], n));
-       RA_RETURN_IF_ERROR(c.get({"y"}));
+       if (c.i("bf16") == 2) {
+         RA_RETURN_IF_ERROR(c.zeros("x16", (n + 1) / 2));
+         RA_RETURN_IF_ERROR(c.zeros("y16", (n + 1) / 2));
+         uint16_t* x16 = reinterpret_cast<uint16_t*>(c.buf["x16"]);
+         RA_RETURN_IF_ERROR(c.be.convert_to_bf16(c.buf["x"], x16, n));
+         RA_RETURN_IF_ERROR(c.be.gelu_forward_bf16(x16, reinterpret_cast<uint16_t*>(c.buf["y16"]), n));
+         RA_RETURN_IF_ERROR(c.buf.get_bf16("y16", n, "y", c.out));
+       } else {
+         RA_RETURN_IF_ERROR(c.be.gelu_forward(c.buf["x"], c.buf["y"], n));
+         RA_RETURN_IF_ERROR(c.get({"y"}));
+       }
        if (!c.dout) return Status::Ok();
        RA_RETURN_IF_ERROR(c.grad_of("y", n));
        if (c.i("bf16")) {  // backward from a bf16 copy of x, as bf16 compute keeps it

@@ -376,7 +376,14 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
     float* shared_o = take(M * D);
     float* shared_z = take(M * std::max<int64_t>(R, 1));
     float* shared_qkv = keep ? nullptr : take(M * 3 * D);
-    float* shared_g = take(M * F);
+    // bf16 compute with fc2 frozen runs the MLP's activations in bf16, as autocast does: fc1
+    // writes bf16, GELU reads and writes bf16, fc2 reads bf16 (nothing needs them in float32:
+    // backward reads GELU's input, which bf16 compute keeps in bf16 anyway).
+    const bool mlp_bf16 = compute_dtype_ == DType::kBF16 && !all;
+    auto take_bf16 = [&](int64_t n) { return reinterpret_cast<uint16_t*>(take((n + 1) / 2)); };
+    float* shared_g = mlp_bf16 ? nullptr : take(M * F);
+    uint16_t* shared_h16 = mlp_bf16 && !keep ? take_bf16(M * F) : nullptr;
+    uint16_t* shared_g16 = mlp_bf16 && keep ? take_bf16(M * F) : nullptr;
     branch_ = drop_path ? take(M * D) : nullptr;  // a branch's output before stochastic depth
     keep_scales_ = drop_path ? take(c.depth * 2 * B) : nullptr;
     saved_.assign(c.depth, Saved());
@@ -406,8 +413,9 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
       // runs in place in s.g.
       const bool h_in_bf16 = keep && compute_dtype_ == DType::kBF16;
       s.h = keep && !h_in_bf16 ? take(M * F) : nullptr;
-      s.h_bf16 = h_in_bf16 ? reinterpret_cast<uint16_t*>(take((M * F + 1) / 2)) : nullptr;
+      s.h_bf16 = h_in_bf16 ? take_bf16(M * F) : shared_h16;
       s.g = keep && all ? take(M * F) : shared_g;
+      s.g_bf16 = mlp_bf16 ? (keep ? shared_g16 : shared_h16) : nullptr;  // eval: GELU in place
       const bool dp = train && drop_path_rate(c, i) > 0;
       s.keep1 = dp && keep_scales_ ? keep_scales_ + 2 * i * B : nullptr;
       s.keep2 = dp && keep_scales_ ? keep_scales_ + (2 * i + 1) * B : nullptr;
@@ -586,17 +594,23 @@ Status ViT::forward_compute(int64_t B, bool train) {
       RA_RETURN_IF_ERROR(backend_.layernorm_forward(s.x_mid, D, k.norm2.w->data, k.norm2.b->data, s.a2, D,
                                                     s.mean2, s.rstd2, M, D, c.ln_eps));
     }
-    // Backward reads GELU's input (s.h, or its bf16 copy); otherwise GELU runs in place.
-    float* fc1_out = s.h ? s.h : s.g;
-    RA_RETURN_IF_ERROR(linear_forward(backend_, fc1_in, M, ref(k.fc1), fc1_out));
-    if (s.h_bf16) RA_RETURN_IF_ERROR(backend_.convert_to_bf16(fc1_out, s.h_bf16, M * F));
-    RA_RETURN_IF_ERROR(backend_.gelu_forward(fc1_out, s.g, M * F));
+    if (s.g_bf16) {
+      RA_RETURN_IF_ERROR(linear_forward(backend_, fc1_in, M, ref(k.fc1), nullptr, 0.0f, {nullptr, s.h_bf16}));
+      RA_RETURN_IF_ERROR(backend_.gelu_forward_bf16(s.h_bf16, s.g_bf16, M * F));
+    } else {
+      // Backward reads GELU's input (s.h, or its bf16 copy); otherwise GELU runs in place.
+      float* fc1_out = s.h ? s.h : s.g;
+      RA_RETURN_IF_ERROR(linear_forward(backend_, fc1_in, M, ref(k.fc1), fc1_out));
+      if (s.h_bf16) RA_RETURN_IF_ERROR(backend_.convert_to_bf16(fc1_out, s.h_bf16, M * F));
+      RA_RETURN_IF_ERROR(backend_.gelu_forward(fc1_out, s.g, M * F));
+    }
     if (x_out != s.x_mid) RA_RETURN_IF_ERROR(backend_.copy(x_out, s.x_mid, M * D * sizeof(float)));
+    const Bf16Activations fc2_in = {s.g_bf16, nullptr};
     if (s.keep2) {
-      RA_RETURN_IF_ERROR(linear_forward(backend_, s.g, M, ref(k.fc2), branch_));
+      RA_RETURN_IF_ERROR(linear_forward(backend_, s.g, M, ref(k.fc2), branch_, 0.0f, fc2_in));
       RA_RETURN_IF_ERROR(backend_.residual_add(x_out, branch_, s.keep2, B, N * D));
     } else {
-      RA_RETURN_IF_ERROR(linear_forward(backend_, s.g, M, ref(k.fc2), x_out, 1.0f));
+      RA_RETURN_IF_ERROR(linear_forward(backend_, s.g, M, ref(k.fc2), x_out, 1.0f, fc2_in));
     }
   }
 

@@ -199,6 +199,13 @@ std::vector<std::pair<OpAttrs, double>> shapes(const std::string& op, bool large
     add({{"M", 64}, {"in", 96}, {"out", 48}, {"bf16", 1}}, 2e-5);
     if (large) add({{"M", 1576}, {"in", 768}, {"out", 2304}, {"bf16", 1}}, 1e-4);
     if (large) add({{"M", 1576}, {"in", 3072}, {"out", 768}, {"bf16", 1}}, 1e-4);
+    // bf16 activations (bf16 = 2: A and C in bf16): the same sums rounded once to bf16, where a
+    // sum that lands on the other side of a rounding boundary moves by one bf16 step, 2⁻⁸ of the
+    // value: the bound is two steps of the largest output. in = 13: the fallback (bias, then
+    // rounding, in its own kernel).
+    add({{"M", 7}, {"in", 13}, {"out", 5}, {"bf16", 2}}, 8e-3);
+    add({{"M", 64}, {"in", 96}, {"out", 48}, {"bf16", 2}}, 8e-3);
+    if (large) add({{"M", 1576}, {"in", 768}, {"out", 3072}, {"bf16", 2}}, 8e-3);
   } else if (op == "layernorm") {
     add({{"M", 5}, {"D", 7}, {"eps", 1e-6}}, 1e-5);
     add({{"M", 33}, {"D", 192}, {"eps", 1e-5}}, 1e-5);
@@ -206,6 +213,7 @@ std::vector<std::pair<OpAttrs, double>> shapes(const std::string& op, bool large
   } else if (op == "gelu") {
     add({{"n", 1001}}, 1e-5);
     add({{"n", 1001}, {"bf16", 1}}, 1e-5);  // backward from the bf16 copy of x
+    add({{"n", 1001}, {"bf16", 2}}, 8e-3);  // and forward bf16 → bf16: a step where erff differs
     if (large) add({{"n", 1576 * 3072}}, 1e-5);
   } else if (op == "attention") {
     add({{"B", 2}, {"N", 5}, {"H", 3}, {"Dh", 4}}, 1e-5);

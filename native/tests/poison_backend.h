@@ -36,6 +36,10 @@ class PoisonBackend final : public Backend {
     // beta = 0: C is overwritten (rows of N values, ldc apart, batch entries stride_c apart).
     if (g.beta == 0.0f && g.C)
       for (int64_t b = 0; b < g.batch; ++b) RA_RETURN_IF_ERROR(poison_rows(g.C + b * g.stride_c, g.M, g.N, g.ldc));
+    if (g.C_bf16) {  // batch 1; dense rows in one fill
+      if (g.ldc == g.N) RA_RETURN_IF_ERROR(poison_bf16(g.C_bf16, g.M * g.N));
+      else for (int64_t m = 0; m < g.M; ++m) RA_RETURN_IF_ERROR(poison_bf16(g.C_bf16 + m * g.ldc, g.N));
+    }
     return inner_.gemm(g);
   }
   // bf16 bit patterns are poisoned with a NaN pattern too (0x7FC0).
@@ -91,6 +95,10 @@ class PoisonBackend final : public Backend {
   }
   Status gelu_backward_bf16(const uint16_t* x, float* d, int64_t n) override {
     return inner_.gelu_backward_bf16(x, d, n);  // in place
+  }
+  Status gelu_forward_bf16(const uint16_t* x, uint16_t* y, int64_t n) override {
+    if (y != x) RA_RETURN_IF_ERROR(poison_bf16(y, n));
+    return inner_.gelu_forward_bf16(x, y, n);
   }
 
   int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh,

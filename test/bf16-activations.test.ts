@@ -1,0 +1,67 @@
+/**
+ * bf16 activations: in bf16 compute with fc2 frozen, the MLP runs as autocast runs it — fc1
+ * writes bf16, GELU reads and writes bf16, fc2 reads bf16. Each op against its definition (the
+ * float32 op, then rounding, with an independent rounding), and the model against float32.
+ */
+import test from 'ava';
+
+import { Tensor, ViT } from '../lib/index.js';
+import { native } from '../lib/native.js';
+import { bf16Round, randn, randomise, relErr, rng } from './util.js';
+
+/** One bf16 step at |v|: the spacing of bf16 values there. */
+function ulp(v: number): number {
+  return 2 ** (Math.floor(Math.log2(Math.max(Math.abs(v), 2 ** -126))) - 7);
+}
+
+test('a Linear with bf16 activations returns the bf16 Linear\'s float32 result, rounded once', (t) => {
+  const random = rng(17);
+  for (const [M, K, O] of [[5, 37, 21], [64, 200, 96]] as const) {
+    const x = randn(random, M * K), w = randn(random, O * K, 0.1), b = randn(random, O);
+    const wide = native.runOp('linear', { M, in: K, out: O, bf16: 1 }, { x, w, b }).y;
+    const narrow = native.runOp('linear', { M, in: K, out: O, bf16: 2 }, { x, w, b }).y;
+    let rounded = 0;
+    for (let i = 0; i < wide.length; i++) {
+      t.is(bf16Round(narrow[i]), narrow[i], `y[${i}] is a bf16 value`);
+      // One rounding of (nearly) the same float32 sum: the same value, or its neighbour where
+      // a different summation order put the sum across a rounding boundary.
+      if (Math.abs(narrow[i] - bf16Round(wide[i])) > ulp(wide[i])) {
+        t.fail(`y[${i}] = ${narrow[i]}, float32 ${wide[i]} rounds to ${bf16Round(wide[i])}`);
+        return;
+      }
+      rounded += narrow[i] !== wide[i] ? 1 : 0;
+    }
+    t.true(rounded > wide.length / 2, 'the output is rounded, not the float32 result');
+  }
+});
+
+test('GELU in bf16 is the float32 GELU of the bf16 input, rounded, bit for bit', (t) => {
+  const x = randn(rng(3), 20000, 3);
+  const got = native.runOp('gelu', { n: x.length, bf16: 2 }, { x }).y;
+  const reference = native.runOp('gelu', { n: x.length }, { x: x.map(bf16Round) }).y.map(bf16Round);
+  t.deepEqual(got, reference);
+});
+
+const CONFIG = {
+  imageSize: 32, patchSize: 8, width: 64, depth: 2, heads: 4, mlpHidden: 256, numClasses: 5,
+  adapter: { placement: 'attn', hidden: 8, groups: 2, scale: 0.7 },
+} as const;
+
+test('a model with bf16 MLP activations stays near float32, and the activations are really bf16', (t) => {
+  using m = ViT.create(CONFIG, { seed: 1 });
+  randomise(m, 5);
+  using images = Tensor.from(randn(rng(9), 4 * 3 * 32 * 32), [4, 3, 32, 32]);
+  m.eval();
+  using f32 = m.forward(images);
+  m.dtype = 'bf16';
+  using bf16 = m.forward(images);
+  // The same model with fc2 training keeps the MLP's activations in float32 (its weight gradient
+  // reads GELU's output), rounding only the Linears' operands: close, but not the same numbers.
+  m.setTrainable('all');
+  using bf16Wide = m.forward(images);
+  const err = relErr(bf16.toArray(), f32.toArray());
+  t.true(err < 3e-2, `bf16 activations vs float32: ${err}`);
+  t.true(err > 1e-5, 'bf16 is not float32');
+  t.notDeepEqual(bf16.toArray(), bf16Wide.toArray(), 'rounding fc1\'s output changes the numbers');
+  t.true(relErr(bf16.toArray(), bf16Wide.toArray()) < 3e-2);
+});
