@@ -35,11 +35,17 @@ test('a Linear with bf16 activations returns the bf16 Linear\'s float32 result, 
   }
 });
 
-test('GELU in bf16 is the float32 GELU of the bf16 input, rounded, bit for bit', (t) => {
-  const x = randn(rng(3), 20000, 3);
-  const got = native.runOp('gelu', { n: x.length, bf16: 2 }, { x }).y;
+test('GELU in bf16 is the float32 GELU of the bf16 input, rounded, bit for bit; its backward too', (t) => {
+  const random = rng(3);
+  const x = randn(random, 20000, 3), dy = randn(random, 20000);
+  const got = native.runOp('gelu', { n: x.length, bf16: 2 }, { x }, { y: dy });
   const reference = native.runOp('gelu', { n: x.length }, { x: x.map(bf16Round) }).y.map(bf16Round);
-  t.deepEqual(got, reference);
+  t.deepEqual(got.y, reference);
+  // Backward with bf16 gradients: the float32 backward (from the rounded input) of the rounded
+  // dy, rounded.
+  const backward = native.runOp('gelu', { n: x.length, bf16: 1 }, { x }, { y: dy.map(bf16Round) }).d_x.map(bf16Round);
+  t.deepEqual(got.d_x, backward);
+  t.notDeepEqual(got.d_x, native.runOp('gelu', { n: x.length, bf16: 1 }, { x }, { y: dy }).d_x, 'rounded, not float32');
 });
 
 const CONFIG = {

@@ -150,6 +150,10 @@ class Backend {
   virtual Status gelu_backward_bf16(const uint16_t* x, float* d, int64_t n) = 0;
   // bf16 in and out, as autocast runs it: y = bf16(gelu_forward(widened x)); y may equal x.
   virtual Status gelu_forward_bf16(const uint16_t* x, uint16_t* y, int64_t n) = 0;
+  // Its backward with bf16 gradients: dx = bf16(widened dy · gelu'(widened x)), exactly
+  // gelu_backward_bf16 of the widened dy, rounded; dx may equal dy.
+  virtual Status gelu_backward_bf16_grads(const uint16_t* x, const uint16_t* dy, uint16_t* dx,
+                                          int64_t n) = 0;
 
   // ---- multi-head softmax attention, scale Dh^-0.5 (cpu/attention.cc) ----------------------
   // qkv [B,N,3,H,Dh] (the qkv Linear's output) → out [B,N,H,Dh]. `saved` keeps what backward

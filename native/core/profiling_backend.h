@@ -77,6 +77,9 @@ class ProfilingBackend final : public Backend {
   Status gelu_forward_bf16(const uint16_t* x, uint16_t* y, int64_t n) override {
     return time("gelu_forward", 0, [&] { return inner_.gelu_forward_bf16(x, y, n); });
   }
+  Status gelu_backward_bf16_grads(const uint16_t* x, const uint16_t* dy, uint16_t* dx, int64_t n) override {
+    return time("gelu_backward", 0, [&] { return inner_.gelu_backward_bf16_grads(x, dy, dx, n); });
+  }
   int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh, DType compute) const override {
     return inner_.attention_saved_floats(B, N, H, Dh, compute);
   }

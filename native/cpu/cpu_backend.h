@@ -45,6 +45,8 @@ class CpuBackend final : public Backend {
   Status gelu_backward(const float* x, float* d, int64_t n) override;
   Status gelu_backward_bf16(const uint16_t* x, float* d, int64_t n) override;
   Status gelu_forward_bf16(const uint16_t* x, uint16_t* y, int64_t n) override;
+  Status gelu_backward_bf16_grads(const uint16_t* x, const uint16_t* dy, uint16_t* dx,
+                                  int64_t n) override;
 
   // saved: the softmax probabilities [B,H,N,N].
   int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t, DType) const override {

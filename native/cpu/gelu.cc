@@ -71,6 +71,17 @@ Status CpuBackend::gelu_backward_bf16(const uint16_t* x, float* d, int64_t n) {
   return Status::Ok();
 }
 
+Status CpuBackend::gelu_backward_bf16_grads(const uint16_t* x, const uint16_t* dy, uint16_t* dx,
+                                            int64_t n) {
+  over_widened_chunks(x, n, [dy, dx](float* wide, int64_t i, int64_t m) {
+    float d[kChunk];
+    widen_chunk(dy + i, d, m);
+    gelu_backward_chunk(wide, d, m);
+    narrow_chunk(d, dx + i, m);
+  });
+  return Status::Ok();
+}
+
 Status CpuBackend::gelu_forward_bf16(const uint16_t* x, uint16_t* y, int64_t n) {
   over_widened_chunks(x, n, [y](float* wide, int64_t i, int64_t m) {
     gelu_chunk(wide, wide, m);

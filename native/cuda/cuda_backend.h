@@ -81,6 +81,8 @@ class CudaBackend final : public Backend {
   Status gelu_backward(const float* x, float* d, int64_t n) override;
   Status gelu_backward_bf16(const uint16_t* x, float* d, int64_t n) override;
   Status gelu_forward_bf16(const uint16_t* x, uint16_t* y, int64_t n) override;
+  Status gelu_backward_bf16_grads(const uint16_t* x, const uint16_t* dy, uint16_t* dx,
+                                  int64_t n) override;
 
   // Dh = 32 or 64 (fused kernels, attention.cu): saved = lse [B,H,N], then a copy of out
   // [B,N,H,Dh]. Other Dh: saved = the softmax probabilities [B,H,N,N].

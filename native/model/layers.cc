@@ -16,13 +16,15 @@ Status linear_forward(Backend& be, const float* x, int64_t M, const LinearRef& l
 }
 
 Status linear_backward(Backend& be, const float* dy, const float* x, int64_t M,
-                       const LinearRef& l, float* dx, float beta) {
-  if (dx) {
+                       const LinearRef& l, float* dx, float beta, const Bf16Activations& bf16) {
+  if (bf16.x && (l.dw || l.db))
+    return InvalidArgument("linear_backward: a bf16 dy cannot feed a weight or bias gradient");
+  if (dx || bf16.y) {
     Gemm g;  // dx = dy W
     g.M = M; g.N = l.in; g.K = l.out;
-    g.A = dy; g.lda = l.out;
+    g.A = dy; g.lda = l.out; g.A_bf16 = bf16.x;
     g.B = l.w; g.ldb = l.in; g.B_bf16 = l.w_bf16;
-    g.C = dx; g.ldc = l.in;
+    g.C = dx; g.ldc = l.in; g.C_bf16 = bf16.y;
     g.beta = beta;
     RA_RETURN_IF_ERROR(be.gemm(g));
   }

@@ -26,9 +26,12 @@ struct Bf16Activations {
 // y [M, out] = x [M, in] · Wᵀ + b (+ beta · y).
 Status linear_forward(Backend& be, const float* x, int64_t M, const LinearRef& l, float* y,
                       float beta = 0.0f, const Bf16Activations& bf16 = {});
-// dx [M, in] = dy · W (+ beta · dx), when dx is given; dW += dyᵀ x; db += Σ_m dy.
+// dx [M, in] = dy · W (+ beta · dx), when dx is given; dW += dyᵀ x; db += Σ_m dy. With bf16
+// activations, bf16.x replaces dy and bf16.y replaces dx (then W and b must be frozen: their
+// gradients read dy in float32).
 Status linear_backward(Backend& be, const float* dy, const float* x, int64_t M,
-                       const LinearRef& l, float* dx, float beta = 0.0f);
+                       const LinearRef& l, float* dx, float beta = 0.0f,
+                       const Bf16Activations& bf16 = {});
 
 // RepAdapter: y = x + s · (B̂ · dropout(A x + a) + b).
 struct AdapterRef {

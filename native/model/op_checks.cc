@@ -184,6 +184,14 @@ const std::map<std::string, OpFn>& registry() {
        }
        if (!c.dout) return Status::Ok();
        RA_RETURN_IF_ERROR(c.grad_of("y", n));
+       if (c.i("bf16") == 2) {  // bf16 gradients too: dy rounded, dx rounded (widened here)
+         RA_RETURN_IF_ERROR(c.zeros("dy16", (n + 1) / 2));
+         uint16_t* x16 = reinterpret_cast<uint16_t*>(c.buf["x16"]);
+         uint16_t* dy16 = reinterpret_cast<uint16_t*>(c.buf["dy16"]);
+         RA_RETURN_IF_ERROR(c.be.convert_to_bf16(c.buf["dy_y"], dy16, n));
+         RA_RETURN_IF_ERROR(c.be.gelu_backward_bf16_grads(x16, dy16, dy16, n));
+         return c.buf.get_bf16("dy16", n, "d_x", c.out);
+       }
        if (c.i("bf16")) {  // backward from a bf16 copy of x, as bf16 compute keeps it
          RA_RETURN_IF_ERROR(c.zeros("x_bf16", (n + 1) / 2));
          uint16_t* x16 = reinterpret_cast<uint16_t*>(c.buf["x_bf16"]);

@@ -378,7 +378,8 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
     float* shared_qkv = keep ? nullptr : take(M * 3 * D);
     // bf16 compute with fc2 frozen runs the MLP's activations in bf16, as autocast does: fc1
     // writes bf16, GELU reads and writes bf16, fc2 reads bf16 (nothing needs them in float32:
-    // backward reads GELU's input, which bf16 compute keeps in bf16 anyway).
+    // backward reads GELU's input, which bf16 compute keeps in bf16 anyway), and backward's
+    // gradients through it are bf16 the same way.
     const bool mlp_bf16 = compute_dtype_ == DType::kBF16 && !all;
     auto take_bf16 = [&](int64_t n) { return reinterpret_cast<uint16_t*>(take((n + 1) / 2)); };
     float* shared_g = mlp_bf16 ? nullptr : take(M * F);
@@ -430,7 +431,7 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
     d_feat_ = keep ? take(B * D) : nullptr;
     dx_ = keep ? take(M * D) : nullptr;
     d_branch_ = keep && drop_path ? take(M * D) : nullptr;
-    d_wide_ = keep ? take(M * std::max(3 * D, F)) : nullptr;
+    d_wide_ = keep ? take(M * (mlp_bf16 ? 3 * D : std::max(3 * D, F))) : nullptr;  // bf16 MLP: its own
     d_u_ = keep ? take(M * D) : nullptr;
     d_z_ = keep && R > 0 ? take(M * R) : nullptr;
     d_o_ = keep ? take(M * D) : nullptr;
@@ -683,13 +684,23 @@ Status ViT::backward_compute(const Target& target) {
       RA_RETURN_IF_ERROR(backend_.residual_backward(dx_, d_branch_, s.keep2, B, N * D));
       d_branch = d_branch_;
     }
-    RA_RETURN_IF_ERROR(linear_backward(backend_, d_branch, s.g, M, ref(k.fc2), d_wide_));
-    if (s.h_bf16)
-      RA_RETURN_IF_ERROR(backend_.gelu_backward_bf16(s.h_bf16, d_wide_, M * F));
-    else
-      RA_RETURN_IF_ERROR(backend_.gelu_backward(s.h, d_wide_, M * F));
-    RA_RETURN_IF_ERROR(norm_output(k.norm2, s.x_mid, s.a2, k.adapter_mlp.A != nullptr));
-    RA_RETURN_IF_ERROR(linear_backward(backend_, d_wide_, k.adapter_mlp.A ? s.u2 : s.a2, M, ref(k.fc1), d_u_));
+    const float* fc1_in = k.adapter_mlp.A ? s.u2 : s.a2;
+    if (s.g_bf16) {
+      // bf16 gradients through the frozen MLP, as the activations went (forward's GELU output
+      // buffer holds them): fc2's input gradient, GELU's backward, fc1's input gradient.
+      RA_RETURN_IF_ERROR(linear_backward(backend_, d_branch, nullptr, M, ref(k.fc2), nullptr, 0.0f, {nullptr, s.g_bf16}));
+      RA_RETURN_IF_ERROR(backend_.gelu_backward_bf16_grads(s.h_bf16, s.g_bf16, s.g_bf16, M * F));
+      RA_RETURN_IF_ERROR(norm_output(k.norm2, s.x_mid, s.a2, k.adapter_mlp.A != nullptr));
+      RA_RETURN_IF_ERROR(linear_backward(backend_, nullptr, fc1_in, M, ref(k.fc1), d_u_, 0.0f, {s.g_bf16, nullptr}));
+    } else {
+      RA_RETURN_IF_ERROR(linear_backward(backend_, d_branch, s.g, M, ref(k.fc2), d_wide_));
+      if (s.h_bf16)
+        RA_RETURN_IF_ERROR(backend_.gelu_backward_bf16(s.h_bf16, d_wide_, M * F));
+      else
+        RA_RETURN_IF_ERROR(backend_.gelu_backward(s.h, d_wide_, M * F));
+      RA_RETURN_IF_ERROR(norm_output(k.norm2, s.x_mid, s.a2, k.adapter_mlp.A != nullptr));
+      RA_RETURN_IF_ERROR(linear_backward(backend_, d_wide_, fc1_in, M, ref(k.fc1), d_u_));
+    }
     if (k.adapter_mlp.A)
       RA_RETURN_IF_ERROR(adapter_backward(backend_, ref(k.adapter_mlp), s.a2, s.z2, d_u_, d_z_, M, true, dropout_draw(i, 1)));
     RA_RETURN_IF_ERROR(backend_.layernorm_backward(d_u_, D, s.x_mid, D, k.norm2.w->data, s.mean2, s.rstd2,

@@ -100,6 +100,11 @@ class PoisonBackend final : public Backend {
     if (y != x) RA_RETURN_IF_ERROR(poison_bf16(y, n));
     return inner_.gelu_forward_bf16(x, y, n);
   }
+  Status gelu_backward_bf16_grads(const uint16_t* x, const uint16_t* dy, uint16_t* dx,
+                                  int64_t n) override {
+    if (dx != dy) RA_RETURN_IF_ERROR(poison_bf16(dx, n));
+    return inner_.gelu_backward_bf16_grads(x, dy, dx, n);
+  }
 
   int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh,
                                  DType compute) const override {
