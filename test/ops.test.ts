@@ -84,6 +84,12 @@ const cases: OpCase[] = [
     constant: ['keep'],
   },
   {
+    op: 'residual',
+    attrs: { B: 3, row: 4, in_place: 1 },
+    inputs: { x: randn(r, 12), branch: randn(r, 12), keep: Float32Array.from([1.25, 0, 1.25]) },
+    constant: ['keep'],
+  },
+  {
     op: 'cross_entropy',
     attrs: { B: 3, C: 4, smoothing: 0.1 },
     inputs: { logits: randn(r, 12, 2), labels: Float32Array.from([0, 3, 1]) },

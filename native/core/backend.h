@@ -222,10 +222,11 @@ class Backend {
                               int64_t G, float scale) = 0;
 
   // ---- residual stream with stochastic depth (cpu/residual.cc) ----------------------------
-  // x[b] += keep_scale[b] · branch[b] over rows of `row` elements; keep_scale [B] (0 for a
-  // dropped sample, 1/keep otherwise); null means all ones.
-  virtual Status residual_add(float* x, const float* branch, const float* keep_scale, int64_t B,
-                              int64_t row) = 0;
+  // y[b] = x[b] + keep_scale[b] · branch[b] over rows of `row` elements; keep_scale [B] (0 for
+  // a dropped sample, 1/keep otherwise); null means all ones. y may equal x (in place); a y of
+  // its own spares a copy of the stream where backward keeps both.
+  virtual Status residual_add(float* y, const float* x, const float* branch,
+                              const float* keep_scale, int64_t B, int64_t row) = 0;
   // d_branch[b] = keep_scale[b] · dx[b] (overwrites).
   virtual Status residual_backward(const float* dx, float* d_branch, const float* keep_scale,
                                    int64_t B, int64_t row) = 0;

@@ -123,8 +123,9 @@ class ProfilingBackend final : public Backend {
                       int64_t D, int64_t R, int64_t G, float scale) override {
     return time("adapter_fold", 0, [&] { return inner_.adapter_fold(W, c, A, a, w, b, O, D, R, G, scale); });
   }
-  Status residual_add(float* x, const float* branch, const float* keep, int64_t B, int64_t row) override {
-    return time("residual_add", 0, [&] { return inner_.residual_add(x, branch, keep, B, row); });
+  Status residual_add(float* y, const float* x, const float* branch, const float* keep, int64_t B,
+                      int64_t row) override {
+    return time("residual_add", 0, [&] { return inner_.residual_add(y, x, branch, keep, B, row); });
   }
   Status residual_backward(const float* dx, float* d_branch, const float* keep, int64_t B, int64_t row) override {
     return time("residual_backward", 0, [&] { return inner_.residual_backward(dx, d_branch, keep, B, row); });

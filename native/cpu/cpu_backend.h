@@ -79,8 +79,8 @@ class CpuBackend final : public Backend {
                       const float* b, int64_t O, int64_t D, int64_t R, int64_t G,
                       float scale) override;
 
-  Status residual_add(float* x, const float* branch, const float* keep_scale, int64_t B,
-                      int64_t row) override;
+  Status residual_add(float* y, const float* x, const float* branch, const float* keep_scale,
+                      int64_t B, int64_t row) override;
   Status residual_backward(const float* dx, float* d_branch, const float* keep_scale, int64_t B,
                            int64_t row) override;
 

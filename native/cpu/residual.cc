@@ -4,13 +4,13 @@
 
 namespace repadapter {
 
-Status CpuBackend::residual_add(float* x, const float* branch, const float* keep_scale, int64_t B,
-                                int64_t row) {
+Status CpuBackend::residual_add(float* y, const float* x, const float* branch,
+                                const float* keep_scale, int64_t B, int64_t row) {
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < B; ++b)
     for (int64_t i = 0; i < row; ++i) {
       const float s = keep_scale ? keep_scale[b] : 1.0f;
-      x[b * row + i] += s * branch[b * row + i];
+      y[b * row + i] = x[b * row + i] + s * branch[b * row + i];
     }
   return Status::Ok();
 }

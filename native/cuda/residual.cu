@@ -4,12 +4,13 @@
 namespace repadapter {
 namespace {
 
-// x[b] += keep_scale[b] · branch[b] over rows of `row` elements; keep_scale null means ones.
-__global__ void residual_add_kernel(float* x, const float* branch, const float* keep_scale,
-                                    int64_t B, int64_t row) {
+// y[b] = x[b] + keep_scale[b] · branch[b] over rows of `row` elements; keep_scale null means
+// ones. y may equal x (each thread reads then writes one element).
+__global__ void residual_add_kernel(float* y, const float* x, const float* branch,
+                                    const float* keep_scale, int64_t B, int64_t row) {
   RA_GRID_LOOP(i, B * row) {
     const float s = keep_scale ? keep_scale[i / row] : 1.0f;
-    x[i] = __fadd_rn(x[i], __fmul_rn(s, branch[i]));
+    y[i] = __fadd_rn(x[i], __fmul_rn(s, branch[i]));
   }
 }
 
@@ -24,11 +25,11 @@ __global__ void residual_backward_kernel(const float* dx, float* d_branch, const
 
 }  // namespace
 
-Status CudaBackend::residual_add(float* x, const float* branch, const float* keep_scale,
-                                 int64_t B, int64_t row) {
+Status CudaBackend::residual_add(float* y, const float* x, const float* branch,
+                                 const float* keep_scale, int64_t B, int64_t row) {
   RA_CUDA_ENTRY();
   if (B * row <= 0) return Status::Ok();
-  residual_add_kernel<<<blocks_for(B * row), 256, 0, stream_>>>(x, branch, keep_scale, B, row);
+  residual_add_kernel<<<blocks_for(B * row), 256, 0, stream_>>>(y, x, branch, keep_scale, B, row);
   return launched("residual_add");
 }
 

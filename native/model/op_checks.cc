@@ -315,13 +315,18 @@ const std::map<std::string, OpFn>& registry() {
        RA_RETURN_IF_ERROR(c.be.tokens_backward(c.buf["dy_x"], c.buf["d_embedded"], c.buf["d_cls"], c.buf["d_pos"], B, P, D));
        return c.get({"d_embedded", "d_cls", "d_pos"});
      }},
-    {"residual", [](Context& c) {  // x [B,row], branch [B,row], keep [B] → y = x + keep·branch
+    // x [B,row], branch [B,row], keep [B] → y = x + keep·branch; in_place: 1 writes y over x.
+    {"residual", [](Context& c) {
        const int64_t B = c.i("B"), row = c.i("row");
        RA_RETURN_IF_ERROR(c.inputs({{"x", B * row}, {"branch", B * row}, {"keep", B}}));
-       RA_RETURN_IF_ERROR(c.be.residual_add(c.buf["x"], c.buf["branch"], c.buf["keep"], B, row));
-       RA_RETURN_IF_ERROR(c.buf.get("x", c.out));
-       (*c.out)["y"] = std::move((*c.out)["x"]);
-       c.out->erase("x");
+       RA_RETURN_IF_ERROR(c.zeros("y", B * row));
+       float* y = c.i("in_place") ? c.buf["x"] : c.buf["y"];
+       RA_RETURN_IF_ERROR(c.be.residual_add(y, c.buf["x"], c.buf["branch"], c.buf["keep"], B, row));
+       RA_RETURN_IF_ERROR(c.buf.get(c.i("in_place") ? "x" : "y", c.out));
+       if (c.i("in_place")) {
+         (*c.out)["y"] = std::move((*c.out)["x"]);
+         c.out->erase("x");
+       }
        if (!c.dout) return Status::Ok();
        RA_RETURN_IF_ERROR(c.grad_of("y", B * row));
        RA_RETURN_IF_ERROR(c.zeros("d_branch", B * row));

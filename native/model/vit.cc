@@ -576,11 +576,14 @@ Status ViT::forward_compute(int64_t B, bool train) {
     }
     RA_RETURN_IF_ERROR(linear_forward(backend_, qkv_in, M, ref(k.qkv), s.qkv));
     RA_RETURN_IF_ERROR(backend_.attention_forward(s.qkv, s.o, s.attn_saved, B, N, c.heads, c.head_dim(), compute_dtype_));
-    if (s.x_mid != s.x_in) RA_RETURN_IF_ERROR(backend_.copy(s.x_mid, s.x_in, M * D * sizeof(float)));
+    // x_mid = x_in + branch: with stochastic depth through the residual op (which writes x_mid
+    // from x_in, no copy); without, the proj product adds into x_mid, a copy of x_in where
+    // backward keeps both.
     if (s.keep1) {
       RA_RETURN_IF_ERROR(linear_forward(backend_, s.o, M, ref(k.proj), branch_));
-      RA_RETURN_IF_ERROR(backend_.residual_add(s.x_mid, branch_, s.keep1, B, N * D));
+      RA_RETURN_IF_ERROR(backend_.residual_add(s.x_mid, s.x_in, branch_, s.keep1, B, N * D));
     } else {
+      if (s.x_mid != s.x_in) RA_RETURN_IF_ERROR(backend_.copy(s.x_mid, s.x_in, M * D * sizeof(float)));
       RA_RETURN_IF_ERROR(linear_forward(backend_, s.o, M, ref(k.proj), s.x_mid, 1.0f));
     }
 
@@ -605,12 +608,12 @@ Status ViT::forward_compute(int64_t B, bool train) {
       if (s.h_bf16) RA_RETURN_IF_ERROR(backend_.convert_to_bf16(fc1_out, s.h_bf16, M * F));
       RA_RETURN_IF_ERROR(backend_.gelu_forward(fc1_out, s.g, M * F));
     }
-    if (x_out != s.x_mid) RA_RETURN_IF_ERROR(backend_.copy(x_out, s.x_mid, M * D * sizeof(float)));
     const Bf16Activations fc2_in = {s.g_bf16, nullptr};
     if (s.keep2) {
       RA_RETURN_IF_ERROR(linear_forward(backend_, s.g, M, ref(k.fc2), branch_, 0.0f, fc2_in));
-      RA_RETURN_IF_ERROR(backend_.residual_add(x_out, branch_, s.keep2, B, N * D));
+      RA_RETURN_IF_ERROR(backend_.residual_add(x_out, s.x_mid, branch_, s.keep2, B, N * D));
     } else {
+      if (x_out != s.x_mid) RA_RETURN_IF_ERROR(backend_.copy(x_out, s.x_mid, M * D * sizeof(float)));
       RA_RETURN_IF_ERROR(linear_forward(backend_, s.g, M, ref(k.fc2), x_out, 1.0f, fc2_in));
     }
   }

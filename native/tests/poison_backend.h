@@ -165,9 +165,10 @@ class PoisonBackend final : public Backend {
     return inner_.adapter_fold(W, c, A, a, w, b, O, D, R, G, scale);  // in place
   }
 
-  Status residual_add(float* x, const float* branch, const float* keep, int64_t B,
-                      int64_t row) override {
-    return inner_.residual_add(x, branch, keep, B, row);  // in place
+  Status residual_add(float* y, const float* x, const float* branch, const float* keep,
+                      int64_t B, int64_t row) override {
+    if (y != x) RA_RETURN_IF_ERROR(poison(y, B * row));
+    return inner_.residual_add(y, x, branch, keep, B, row);
   }
   Status residual_backward(const float* dx, float* d_branch, const float* keep, int64_t B,
                            int64_t row) override {
