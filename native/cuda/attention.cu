@@ -1,23 +1,29 @@
 // Multi-head softmax attention on the GPU, two ways.
 //
-// Head widths 32 and 64 (every ViT this package trains) take the fused kernels of
-// flash_attention.cuh: the N×N scores stay on chip, and `saved` holds, for backward,
+// Head widths 32 and 64 (every ViT this package trains) take the fused kernels: the N×N scores
+// stay on chip, and `saved` holds, for backward,
 //   [0, B·H·N)                  lse, the log-sum-exp of each row of scaled scores, [B,H,N]
 //   [B·H·N, B·H·N + B·N·H·Dh)   a copy of out, [B,N,H,Dh] (backward's D = rowsum(dO ∘ O))
 // — Dh + 1 floats per (token, head) instead of N: a third of the probabilities at ViT-B/16's
-// N = 197, Dh = 64. Backward recomputes the probabilities from lse (see that header).
+// N = 197, Dh = 64. Backward recomputes the probabilities from lse. The same layout serves
+// both compute dtypes: float32 compute runs flash_attention.cuh's kernels on CUDA cores, bf16
+// compute flash_attention_bf16.cuh's on tensor cores (sm_80 and newer; older GPUs run bf16
+// compute's attention on the float32 kernels).
 //
 // Other head widths take the materialised path, as cpu/attention.cc: the same four products
 // per (sample, head) as cuBLASLt strided-batched products over the H heads of one sample (heads
 // are Dh floats apart inside qkv [B,N,3,H,Dh], so one stride walks them; samples are N·3D
 // apart, a second stride no strided-batched call has, hence one call per sample), and the
 // row-wise softmax and its backward as warp-per-row kernels that sum in double. There `saved`
-// is the softmax probabilities [B,H,N,N], and inference puts the scores in scratch.
+// is the softmax probabilities [B,H,N,N], and inference puts the scores in scratch. This path
+// is float32 in both compute dtypes: bf16 compute at these widths (no standard ViT has them)
+// differs from the CPU's bf16 attention by bf16 rounding.
 #include <cmath>
 #include <string>
 
 #include "common.cuh"
 #include "flash_attention.cuh"
+#include "flash_attention_bf16.cuh"
 
 namespace repadapter {
 namespace {
@@ -87,14 +93,28 @@ Status fused_grid(int64_t B, int64_t N, int64_t H, int64_t rows, int64_t* tiles,
   return Status::Ok();
 }
 
+// bf16 mma needs compute capability 8.0 or newer.
+bool bf16_tensor_cores() {
+  int device = 0, major = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+         major >= 8;
+}
+
 template <int Dh>
 Status fused_forward(CudaBackend& be, const float* qkv, float* out, float* saved, int64_t B,
-                     int64_t N, int64_t H, float scale) {
-  int64_t tiles = 0;
-  unsigned blocks = 0;
-  RA_RETURN_IF_ERROR(fused_grid(B, N, H, flash::kForwardRows, &tiles, &blocks));
+                     int64_t N, int64_t H, float scale, DType compute) {
   float* lse = saved;
   float* o_copy = saved ? saved + B * H * N : nullptr;
+  int64_t tiles = 0;
+  unsigned blocks = 0;
+  if (compute == DType::kBF16 && bf16_tensor_cores()) {
+    RA_RETURN_IF_ERROR(fused_grid(B, N, H, flash_bf16::kBlockRows, &tiles, &blocks));
+    flash_bf16::forward_kernel<Dh><<<blocks, flash_bf16::kThreads, 0, be.stream()>>>(
+        qkv, out, lse, o_copy, N, H, tiles, scale);
+    return be.launched("attention_forward (fused, bf16 tensor cores)");
+  }
+  RA_RETURN_IF_ERROR(fused_grid(B, N, H, flash::kForwardRows, &tiles, &blocks));
   flash::forward_kernel<Dh><<<blocks, flash::kThreads, 0, be.stream()>>>(qkv, out, lse, o_copy, N,
                                                                           H, tiles, scale);
   return be.launched("attention_forward (fused)");
@@ -102,19 +122,34 @@ Status fused_forward(CudaBackend& be, const float* qkv, float* out, float* saved
 
 template <int Dh>
 Status fused_backward(CudaBackend& be, const float* d_out, const float* qkv, const float* saved,
-                      float* d_qkv, int64_t B, int64_t N, int64_t H, float scale) {
-  int64_t tiles = 0;
-  unsigned blocks = 0;
-  RA_RETURN_IF_ERROR(fused_grid(B, N, H, flash::kTile, &tiles, &blocks));
+                      float* d_qkv, int64_t B, int64_t N, int64_t H, float scale,
+                      DType compute) {
+  const bool tensor_cores = compute == DType::kBF16 && bf16_tensor_cores();
   const float* lse = saved;
   const float* o = saved + B * H * N;
   void* tmp = nullptr;
   RA_RETURN_IF_ERROR(be.scratch(static_cast<size_t>(B * H * N) * sizeof(float), &tmp));
   float* delta = static_cast<float*>(tmp);
   const int64_t rows = B * N * H;
-  flash::row_dot_kernel<Dh><<<be.blocks_for(rows * 32), 256, 0, be.stream()>>>(d_out, o, delta, N,
-                                                                               H, rows);
+  const unsigned row_blocks = be.blocks_for(rows * 32);
+  if (tensor_cores)  // D = rowsum(dÔ ∘ O), dÔ = bf16(dO) as the bf16 kernels multiply it
+    flash::row_dot_kernel<Dh, true><<<row_blocks, 256, 0, be.stream()>>>(d_out, o, delta, N, H,
+                                                                         rows);
+  else
+    flash::row_dot_kernel<Dh><<<row_blocks, 256, 0, be.stream()>>>(d_out, o, delta, N, H, rows);
   RA_RETURN_IF_ERROR(be.launched("attention_backward (fused, rowsum(dO * O))"));
+  int64_t tiles = 0;
+  unsigned blocks = 0;
+  if (tensor_cores) {
+    RA_RETURN_IF_ERROR(fused_grid(B, N, H, flash_bf16::kBlockRows, &tiles, &blocks));
+    flash_bf16::backward_kv_kernel<Dh><<<blocks, flash_bf16::kThreads, 0, be.stream()>>>(
+        qkv, d_out, lse, delta, d_qkv, N, H, tiles, scale);
+    RA_RETURN_IF_ERROR(be.launched("attention_backward (fused, bf16 tensor cores, dK and dV)"));
+    flash_bf16::backward_q_kernel<Dh><<<blocks, flash_bf16::kThreads, 0, be.stream()>>>(
+        qkv, d_out, lse, delta, d_qkv, N, H, tiles, scale);
+    return be.launched("attention_backward (fused, bf16 tensor cores, dQ)");
+  }
+  RA_RETURN_IF_ERROR(fused_grid(B, N, H, flash::kTile, &tiles, &blocks));
   flash::backward_kv_kernel<Dh><<<blocks, flash::kThreads, 0, be.stream()>>>(
       qkv, d_out, lse, delta, d_qkv, N, H, tiles, scale);
   RA_RETURN_IF_ERROR(be.launched("attention_backward (fused, dK and dV)"));
@@ -125,19 +160,20 @@ Status fused_backward(CudaBackend& be, const float* d_out, const float* qkv, con
 
 }  // namespace
 
+// The same for both compute dtypes (see the top of this file).
 int64_t CudaBackend::attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh,
                                             DType) const {
   return fused_head_width(Dh) ? B * H * N + B * N * H * Dh : B * H * N * N;
 }
 
 Status CudaBackend::attention_forward(const float* qkv, float* out, float* saved, int64_t B,
-                                      int64_t N, int64_t H, int64_t Dh, DType) {
+                                      int64_t N, int64_t H, int64_t Dh, DType compute) {
   RA_CUDA_ENTRY();
   if (B <= 0 || N <= 0 || H <= 0 || Dh <= 0) return Status::Ok();
   const int64_t D = H * Dh, ld = 3 * D, NN = N * N;
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));  // the CPU's float expression
-  if (Dh == 32) return fused_forward<32>(*this, qkv, out, saved, B, N, H, scale);
-  if (Dh == 64) return fused_forward<64>(*this, qkv, out, saved, B, N, H, scale);
+  if (Dh == 32) return fused_forward<32>(*this, qkv, out, saved, B, N, H, scale, compute);
+  if (Dh == 64) return fused_forward<64>(*this, qkv, out, saved, B, N, H, scale, compute);
   float* probs = saved;
   // Without probs the scores live in scratch, a chunk of samples at a time.
   const int64_t per_sample = H * NN * static_cast<int64_t>(sizeof(float));
@@ -181,13 +217,13 @@ Status CudaBackend::attention_forward(const float* qkv, float* out, float* saved
 // dq = scale · ds k,  dk = scale · dsᵀ q. Every element of d_qkv is written (beta = 0).
 Status CudaBackend::attention_backward(const float* d_out, const float* qkv, const float* saved,
                                        float* d_qkv, int64_t B, int64_t N, int64_t H,
-                                       int64_t Dh, DType) {
+                                       int64_t Dh, DType compute) {
   RA_CUDA_ENTRY();
   if (B <= 0 || N <= 0 || H <= 0 || Dh <= 0) return Status::Ok();
   const int64_t D = H * Dh, ld = 3 * D, NN = N * N;
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
-  if (Dh == 32) return fused_backward<32>(*this, d_out, qkv, saved, d_qkv, B, N, H, scale);
-  if (Dh == 64) return fused_backward<64>(*this, d_out, qkv, saved, d_qkv, B, N, H, scale);
+  if (Dh == 32) return fused_backward<32>(*this, d_out, qkv, saved, d_qkv, B, N, H, scale, compute);
+  if (Dh == 64) return fused_backward<64>(*this, d_out, qkv, saved, d_qkv, B, N, H, scale, compute);
   const float* probs = saved;
   const int64_t per_sample = H * NN * static_cast<int64_t>(sizeof(float));
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(B, kScoreScratchBytes / per_sample));

@@ -30,6 +30,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "../core/bf16.h"
+
 namespace repadapter {
 namespace flash {
 
@@ -203,8 +205,9 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // delta[(b·H + h)·N + i] = Σ_d dO[b,i,h,d] · O[b,i,h,d], one warp per row of [B,N,H] (in
-// memory order), summed in double.
-template <int Dh>
+// memory order), summed in double. RoundDO: dO rounded to bf16 first (the dÔ of bf16 compute,
+// flash_attention_bf16.cuh).
+template <int Dh, bool RoundDO = false>
 __global__ void row_dot_kernel(const float* d_out, const float* o, float* delta, int64_t N,
                                int64_t H, int64_t rows) {
   const int lane = threadIdx.x % 32;
@@ -212,7 +215,11 @@ __global__ void row_dot_kernel(const float* d_out, const float* o, float* delta,
   for (int64_t r = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; r < rows;
        r += warps) {
     double t = 0;
-    for (int d = lane; d < Dh; d += 32) t += static_cast<double>(d_out[r * Dh + d]) * o[r * Dh + d];
+    for (int d = lane; d < Dh; d += 32) {
+      const float g = RoundDO ? bf16_to_float(bf16_from_float(d_out[r * Dh + d]))
+                              : d_out[r * Dh + d];
+      t += static_cast<double>(g) * o[r * Dh + d];
+    }
     for (int off = 16; off > 0; off >>= 1) t += __shfl_xor_sync(0xffffffffu, t, off);
     if (lane == 0) {
       const int64_t h = r % H, i = (r / H) % N, b = r / (H * N);
