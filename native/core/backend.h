@@ -166,13 +166,15 @@ class Backend {
   //   backward  p = e / ℓ, dÔ = bf16(d_out), dV = bf16(p)ᵀ dÔ, dP = dÔ v̂ᵀ,
   //             dS = p ⊙ (dP − rowsum(dP ⊙ p)), dQ = scale · bf16(dS) k̂, dK = scale · bf16(dS)ᵀ q̂
   // (cpu/attention.cc defines it exactly; a fused kernel may round e against a running maximum,
-  // and the difference it makes is documented with the kernel).
+  // and the difference it makes is documented with the kernel). qkv is stored in the compute
+  // dtype: float32, or in kBF16 bf16 values (the qkv Linear's output rounded, Gemm::C_bf16) —
+  // the operands the definition rounds anyway, at half the bytes. out, d_out, d_qkv are float32.
   virtual int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh,
                                          DType compute) const = 0;
-  virtual Status attention_forward(const float* qkv, float* out, float* saved, int64_t B,
+  virtual Status attention_forward(const void* qkv, float* out, float* saved, int64_t B,
                                    int64_t N, int64_t H, int64_t Dh, DType compute) = 0;
   // d_qkv [B,N,3D] from d_out [B,N,D] (overwrites).
-  virtual Status attention_backward(const float* d_out, const float* qkv, const float* saved,
+  virtual Status attention_backward(const float* d_out, const void* qkv, const float* saved,
                                     float* d_qkv, int64_t B, int64_t N, int64_t H, int64_t Dh,
                                     DType compute) = 0;
 

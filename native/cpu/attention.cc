@@ -96,18 +96,29 @@ struct HeadInputs {
   int64_t ldo = 0;
 };
 
-// A head's inputs for `compute`; the bf16 copies go to `rounded` ([4][N][Dh] with d_out).
-HeadInputs head_inputs(const float* q, int64_t ld, const float* dout, int64_t ldo, int64_t D,
-                       int64_t N, int64_t Dh, DType compute, std::vector<float>* rounded) {
-  HeadInputs in{q, q + D, q + 2 * D, ld, dout, ldo};
-  if (compute != DType::kBF16) return in;
+// dst [rows, cols] (dense) = src (rows ld apart), bf16 widened.
+void widen_rows(const uint16_t* src, int64_t ld, int64_t rows, int64_t cols, float* dst) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] = bf16_to_float(src[r * ld + c]);
+}
+
+// A head's inputs for `compute`, from element `offset` of qkv (stored in the compute dtype);
+// the bf16 operands go to `rounded` ([4][N][Dh] with d_out) as float32 copies.
+HeadInputs head_inputs(const void* qkv, int64_t offset, int64_t ld, const float* dout,
+                       int64_t ldo, int64_t D, int64_t N, int64_t Dh, DType compute,
+                       std::vector<float>* rounded) {
+  if (compute != DType::kBF16) {
+    const float* q = static_cast<const float*>(qkv) + offset;
+    return {q, q + D, q + 2 * D, ld, dout, ldo};
+  }
+  const uint16_t* q = static_cast<const uint16_t*>(qkv) + offset;
   const int64_t n = N * Dh;
   if (static_cast<int64_t>(rounded->size()) < 4 * n) rounded->resize(4 * n);
   float* r = rounded->data();
-  round_rows(in.q, ld, N, Dh, r);
-  round_rows(in.k, ld, N, Dh, r + n);
-  round_rows(in.v, ld, N, Dh, r + 2 * n);
-  in = {r, r + n, r + 2 * n, Dh};
+  widen_rows(q, ld, N, Dh, r);
+  widen_rows(q + D, ld, N, Dh, r + n);
+  widen_rows(q + 2 * D, ld, N, Dh, r + 2 * n);
+  HeadInputs in{r, r + n, r + 2 * n, Dh, nullptr, 0};
   if (dout) {
     round_rows(dout, ldo, N, Dh, r + 3 * n);
     in.dout = r + 3 * n;
@@ -247,7 +258,7 @@ Status query_key_grads(CpuBackend& be, const float* ds, const HeadInputs& in, fl
 
 }  // namespace
 
-Status CpuBackend::attention_forward(const float* qkv, float* out, float* probs, int64_t B,
+Status CpuBackend::attention_forward(const void* qkv, float* out, float* probs, int64_t B,
                                      int64_t N, int64_t H, int64_t Dh, DType compute) {
   const int64_t D = H * Dh, ld = 3 * D;
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
@@ -263,7 +274,7 @@ Status CpuBackend::attention_forward(const float* qkv, float* out, float* probs,
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < H; ++h) {
         const HeadInputs in =
-            head_inputs(qkv + b * N * ld + h * Dh, ld, nullptr, 0, D, N, Dh, compute, &rounded);
+            head_inputs(qkv, b * N * ld + h * Dh, ld, nullptr, 0, D, N, Dh, compute, &rounded);
         float* s = probs ? probs + (b * H + h) * N * N : local.data();
         float* o = out + b * N * D + h * Dh;  // [N, Dh], rows D apart
         Status st = scores(*this, in, s, N, Dh, scale);
@@ -285,7 +296,7 @@ Status CpuBackend::attention_forward(const float* qkv, float* out, float* probs,
   return status;
 }
 
-Status CpuBackend::attention_backward(const float* d_out, const float* qkv, const float* probs,
+Status CpuBackend::attention_backward(const float* d_out, const void* qkv, const float* probs,
                                       float* d_qkv, int64_t B, int64_t N, int64_t H,
                                       int64_t Dh, DType compute) {
   const int64_t D = H * Dh, ld = 3 * D;
@@ -301,7 +312,7 @@ Status CpuBackend::attention_backward(const float* d_out, const float* qkv, cons
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < H; ++h) {
         const int64_t offset = b * N * ld + h * Dh;
-        const HeadInputs in = head_inputs(qkv + offset, ld, d_out + b * N * D + h * Dh, D, D, N,
+        const HeadInputs in = head_inputs(qkv, offset, ld, d_out + b * N * D + h * Dh, D, D, N,
                                           Dh, compute, &rounded);
         float* dq = d_qkv + offset;  // dq, dk, dv: [N, Dh], rows ld apart
         float* dk = dq + D;

@@ -52,9 +52,9 @@ class CpuBackend final : public Backend {
   int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t, DType) const override {
     return B * H * N * N;
   }
-  Status attention_forward(const float* qkv, float* out, float* probs, int64_t B, int64_t N,
+  Status attention_forward(const void* qkv, float* out, float* probs, int64_t B, int64_t N,
                            int64_t H, int64_t Dh, DType compute) override;
-  Status attention_backward(const float* d_out, const float* qkv, const float* probs,
+  Status attention_backward(const float* d_out, const void* qkv, const float* probs,
                             float* d_qkv, int64_t B, int64_t N, int64_t H, int64_t Dh,
                             DType compute) override;
 

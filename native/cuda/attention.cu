@@ -101,30 +101,36 @@ bool bf16_tensor_cores() {
          major >= 8;
 }
 
+// The kernels' qkv: bf16 for the tensor-core kernels (as the model stores it in bf16 compute),
+// float32 for the others.
+struct QkvView {
+  const uint16_t* bf16 = nullptr;  // set: the tensor-core kernels
+  const float* f32 = nullptr;
+};
+
 template <int Dh>
-Status fused_forward(CudaBackend& be, const float* qkv, float* out, float* saved, int64_t B,
-                     int64_t N, int64_t H, float scale, DType compute) {
+Status fused_forward(CudaBackend& be, QkvView qkv, float* out, float* saved, int64_t B,
+                     int64_t N, int64_t H, float scale) {
   float* lse = saved;
   float* o_copy = saved ? saved + B * H * N : nullptr;
   int64_t tiles = 0;
   unsigned blocks = 0;
-  if (compute == DType::kBF16 && bf16_tensor_cores()) {
+  if (qkv.bf16) {
     RA_RETURN_IF_ERROR(fused_grid(B, N, H, flash_bf16::kBlockRows, &tiles, &blocks));
     flash_bf16::forward_kernel<Dh><<<blocks, flash_bf16::kThreads, 0, be.stream()>>>(
-        qkv, out, lse, o_copy, N, H, tiles, scale);
+        qkv.bf16, out, lse, o_copy, N, H, tiles, scale);
     return be.launched("attention_forward (fused, bf16 tensor cores)");
   }
   RA_RETURN_IF_ERROR(fused_grid(B, N, H, flash::kForwardRows, &tiles, &blocks));
-  flash::forward_kernel<Dh><<<blocks, flash::kThreads, 0, be.stream()>>>(qkv, out, lse, o_copy, N,
-                                                                          H, tiles, scale);
+  flash::forward_kernel<Dh><<<blocks, flash::kThreads, 0, be.stream()>>>(qkv.f32, out, lse, o_copy,
+                                                                          N, H, tiles, scale);
   return be.launched("attention_forward (fused)");
 }
 
 template <int Dh>
-Status fused_backward(CudaBackend& be, const float* d_out, const float* qkv, const float* saved,
-                      float* d_qkv, int64_t B, int64_t N, int64_t H, float scale,
-                      DType compute) {
-  const bool tensor_cores = compute == DType::kBF16 && bf16_tensor_cores();
+Status fused_backward(CudaBackend& be, const float* d_out, QkvView qkv, const float* saved,
+                      float* d_qkv, int64_t B, int64_t N, int64_t H, float scale) {
+  const bool tensor_cores = qkv.bf16 != nullptr;
   const float* lse = saved;
   const float* o = saved + B * H * N;
   void* tmp = nullptr;
@@ -143,19 +149,46 @@ Status fused_backward(CudaBackend& be, const float* d_out, const float* qkv, con
   if (tensor_cores) {
     RA_RETURN_IF_ERROR(fused_grid(B, N, H, flash_bf16::kBlockRows, &tiles, &blocks));
     flash_bf16::backward_kv_kernel<Dh><<<blocks, flash_bf16::kThreads, 0, be.stream()>>>(
-        qkv, d_out, lse, delta, d_qkv, N, H, tiles, scale);
+        qkv.bf16, d_out, lse, delta, d_qkv, N, H, tiles, scale);
     RA_RETURN_IF_ERROR(be.launched("attention_backward (fused, bf16 tensor cores, dK and dV)"));
     flash_bf16::backward_q_kernel<Dh><<<blocks, flash_bf16::kThreads, 0, be.stream()>>>(
-        qkv, d_out, lse, delta, d_qkv, N, H, tiles, scale);
+        qkv.bf16, d_out, lse, delta, d_qkv, N, H, tiles, scale);
     return be.launched("attention_backward (fused, bf16 tensor cores, dQ)");
   }
   RA_RETURN_IF_ERROR(fused_grid(B, N, H, flash::kTile, &tiles, &blocks));
   flash::backward_kv_kernel<Dh><<<blocks, flash::kThreads, 0, be.stream()>>>(
-      qkv, d_out, lse, delta, d_qkv, N, H, tiles, scale);
+      qkv.f32, d_out, lse, delta, d_qkv, N, H, tiles, scale);
   RA_RETURN_IF_ERROR(be.launched("attention_backward (fused, dK and dV)"));
   flash::backward_q_kernel<Dh><<<blocks, flash::kThreads, 0, be.stream()>>>(
-      qkv, d_out, lse, delta, d_qkv, N, H, tiles, scale);
+      qkv.f32, d_out, lse, delta, d_qkv, N, H, tiles, scale);
   return be.launched("attention_backward (fused, dQ)");
+}
+
+__global__ void widen_kernel(const uint16_t* x, float* y, int64_t n) {
+  RA_GRID_LOOP(i, n) y[i] = bf16_to_float(x[i]);
+}
+
+// qkv (n values in the compute dtype) as the kernels for (Dh, compute) read it: bf16 as given
+// for the tensor-core kernels, float32 for the rest — in bf16 compute a widened copy in the
+// backend's own buffer (exact: the values are bf16 already), since those paths put their scores
+// in scratch.
+Status attention_qkv(CudaBackend& be, const void* qkv, int64_t n, int64_t Dh, DType compute,
+                     QkvView* out) {
+  *out = QkvView();
+  if (compute != DType::kBF16) {
+    out->f32 = static_cast<const float*>(qkv);
+    return Status::Ok();
+  }
+  if (fused_head_width(Dh) && bf16_tensor_cores()) {
+    out->bf16 = static_cast<const uint16_t*>(qkv);
+    return Status::Ok();
+  }
+  float* wide = nullptr;
+  RA_RETURN_IF_ERROR(be.widened(static_cast<size_t>(n) * sizeof(float), &wide));
+  widen_kernel<<<be.blocks_for(n), 256, 0, be.stream()>>>(static_cast<const uint16_t*>(qkv), wide, n);
+  RA_RETURN_IF_ERROR(be.launched("attention (qkv widened from bf16)"));
+  out->f32 = wide;
+  return Status::Ok();
 }
 
 }  // namespace
@@ -166,14 +199,16 @@ int64_t CudaBackend::attention_saved_floats(int64_t B, int64_t N, int64_t H, int
   return fused_head_width(Dh) ? B * H * N + B * N * H * Dh : B * H * N * N;
 }
 
-Status CudaBackend::attention_forward(const float* qkv, float* out, float* saved, int64_t B,
+Status CudaBackend::attention_forward(const void* qkv, float* out, float* saved, int64_t B,
                                       int64_t N, int64_t H, int64_t Dh, DType compute) {
   RA_CUDA_ENTRY();
   if (B <= 0 || N <= 0 || H <= 0 || Dh <= 0) return Status::Ok();
   const int64_t D = H * Dh, ld = 3 * D, NN = N * N;
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));  // the CPU's float expression
-  if (Dh == 32) return fused_forward<32>(*this, qkv, out, saved, B, N, H, scale, compute);
-  if (Dh == 64) return fused_forward<64>(*this, qkv, out, saved, B, N, H, scale, compute);
+  QkvView view;
+  RA_RETURN_IF_ERROR(attention_qkv(*this, qkv, B * N * ld, Dh, compute, &view));
+  if (Dh == 32) return fused_forward<32>(*this, view, out, saved, B, N, H, scale);
+  if (Dh == 64) return fused_forward<64>(*this, view, out, saved, B, N, H, scale);
   float* probs = saved;
   // Without probs the scores live in scratch, a chunk of samples at a time.
   const int64_t per_sample = H * NN * static_cast<int64_t>(sizeof(float));
@@ -189,7 +224,7 @@ Status CudaBackend::attention_forward(const float* qkv, float* out, float* saved
     const int64_t nb = std::min(chunk, B - b0);
     float* s0 = probs ? probs + b0 * H * NN : scores;
     for (int64_t b = b0; b < b0 + nb; ++b) {
-      const float* q = qkv + b * N * ld;
+      const float* q = view.f32 + b * N * ld;
       Gemm g = heads_gemm(H);  // s = scale · q kᵀ      [H][N, N]
       g.trans_b = true;
       g.M = N; g.N = N; g.K = Dh; g.alpha = scale;
@@ -205,7 +240,7 @@ Status CudaBackend::attention_forward(const float* qkv, float* out, float* saved
       Gemm g = heads_gemm(H);  // out_h = p v            [H][N, Dh]
       g.M = N; g.N = Dh; g.K = N;
       g.A = s0 + (b - b0) * H * NN; g.lda = N; g.stride_a = NN;
-      g.B = qkv + b * N * ld + 2 * D; g.ldb = ld; g.stride_b = Dh;
+      g.B = view.f32 + b * N * ld + 2 * D; g.ldb = ld; g.stride_b = Dh;
       g.C = out + b * N * D; g.ldc = D; g.stride_c = Dh;
       RA_RETURN_IF_ERROR(gemm_unlocked(g));
     }
@@ -215,15 +250,17 @@ Status CudaBackend::attention_forward(const float* qkv, float* out, float* saved
 
 // With p = softmax(s):  dv = pᵀ do,  dp = do vᵀ,  ds = p ⊙ (dp − rowsum(dp ⊙ p)),
 // dq = scale · ds k,  dk = scale · dsᵀ q. Every element of d_qkv is written (beta = 0).
-Status CudaBackend::attention_backward(const float* d_out, const float* qkv, const float* saved,
+Status CudaBackend::attention_backward(const float* d_out, const void* qkv, const float* saved,
                                        float* d_qkv, int64_t B, int64_t N, int64_t H,
                                        int64_t Dh, DType compute) {
   RA_CUDA_ENTRY();
   if (B <= 0 || N <= 0 || H <= 0 || Dh <= 0) return Status::Ok();
   const int64_t D = H * Dh, ld = 3 * D, NN = N * N;
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
-  if (Dh == 32) return fused_backward<32>(*this, d_out, qkv, saved, d_qkv, B, N, H, scale, compute);
-  if (Dh == 64) return fused_backward<64>(*this, d_out, qkv, saved, d_qkv, B, N, H, scale, compute);
+  QkvView view;
+  RA_RETURN_IF_ERROR(attention_qkv(*this, qkv, B * N * ld, Dh, compute, &view));
+  if (Dh == 32) return fused_backward<32>(*this, d_out, view, saved, d_qkv, B, N, H, scale);
+  if (Dh == 64) return fused_backward<64>(*this, d_out, view, saved, d_qkv, B, N, H, scale);
   const float* probs = saved;
   const int64_t per_sample = H * NN * static_cast<int64_t>(sizeof(float));
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(B, kScoreScratchBytes / per_sample));
@@ -233,7 +270,7 @@ Status CudaBackend::attention_backward(const float* d_out, const float* qkv, con
   for (int64_t b0 = 0; b0 < B; b0 += chunk) {
     const int64_t nb = std::min(chunk, B - b0);
     for (int64_t b = b0; b < b0 + nb; ++b) {
-      const float* q = qkv + b * N * ld;
+      const float* q = view.f32 + b * N * ld;
       float* dq = d_qkv + b * N * ld;
       const float* p = probs + b * H * NN;
       const float* dout = d_out + b * N * D;
@@ -257,7 +294,7 @@ Status CudaBackend::attention_backward(const float* d_out, const float* qkv, con
         probs + b0 * H * NN, ds0, nb * H * N, N);
     RA_RETURN_IF_ERROR(launched("attention_backward (softmax)"));
     for (int64_t b = b0; b < b0 + nb; ++b) {
-      const float* q = qkv + b * N * ld;
+      const float* q = view.f32 + b * N * ld;
       float* dq = d_qkv + b * N * ld;
       const float* ds = ds0 + (b - b0) * H * NN;
       Gemm g3 = heads_gemm(H);  // dq = scale · ds k  [H][N, Dh]

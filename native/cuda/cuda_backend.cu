@@ -61,30 +61,42 @@ Status CudaBackend::make_current() const {
   return from_cuda(cudaSetDevice(device_), "cudaSetDevice");
 }
 
-Status CudaBackend::scratch(size_t bytes, void** out) {
-  if (bytes > scratch_bytes_ && capturing_)
-    return Internal("scratch: a recording cannot grow the scratch buffer (" + std::to_string(bytes) +
-                    " bytes asked, " + std::to_string(scratch_bytes_) + " held): run the ops once first");
-  if (bytes > scratch_bytes_) {
-    if (scratch_) cudaFree(scratch_);  // waits for queued work that may still read it
-    scratch_ = nullptr;
-    scratch_bytes_ = 0;
-    const size_t want = std::max<size_t>(bytes + bytes / 2, 1 << 20);
-    void* p = nullptr;
-    cudaError_t e = cudaMalloc(&p, want);
-    if (e != cudaSuccess) {
-      cudaGetLastError();  // an allocation failure is not sticky: clear it
-      size_t free_b = 0, total_b = 0;
-      cudaMemGetInfo(&free_b, &total_b);
-      return OutOfMemory("CUDA out of memory for scratch: requested " + std::to_string(want) +
-                         " bytes, " + std::to_string(free_b) + " free of " +
-                         std::to_string(total_b) + " on device " + std::to_string(device_));
-    }
-    scratch_ = p;
-    scratch_bytes_ = want;
-    ++scratch_generation_;
+// Grows one of the backend's scratch buffers to at least `bytes` (half as much again, at least
+// 1 MiB), never while recording.
+Status CudaBackend::grow(void** buffer, size_t* held, size_t bytes, const char* what) {
+  if (bytes <= *held) return Status::Ok();
+  if (capturing_)
+    return Internal(std::string(what) + ": a recording cannot grow it (" + std::to_string(bytes) +
+                    " bytes asked, " + std::to_string(*held) + " held): run the ops once first");
+  if (*buffer) cudaFree(*buffer);  // waits for queued work that may still read it
+  *buffer = nullptr;
+  *held = 0;
+  const size_t want = std::max<size_t>(bytes + bytes / 2, 1 << 20);
+  void* p = nullptr;
+  cudaError_t e = cudaMalloc(&p, want);
+  if (e != cudaSuccess) {
+    cudaGetLastError();  // an allocation failure is not sticky: clear it
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    return OutOfMemory(std::string("CUDA out of memory for ") + what + ": requested " + std::to_string(want) +
+                       " bytes, " + std::to_string(free_b) + " free of " + std::to_string(total_b) +
+                       " on device " + std::to_string(device_));
   }
+  *buffer = p;
+  *held = want;
+  ++scratch_generation_;
+  return Status::Ok();
+}
+
+Status CudaBackend::scratch(size_t bytes, void** out) {
+  RA_RETURN_IF_ERROR(grow(&scratch_, &scratch_bytes_, bytes, "scratch"));
   *out = scratch_;
+  return Status::Ok();
+}
+
+Status CudaBackend::widened(size_t bytes, float** out) {
+  RA_RETURN_IF_ERROR(grow(&widened_, &widened_bytes_, bytes, "the widened-copy buffer"));
+  *out = static_cast<float*>(widened_);
   return Status::Ok();
 }
 
@@ -235,6 +247,7 @@ CudaBackend::~CudaBackend() {
   if (lt_) cublasLtDestroy(lt_);
   if (workspace_) cudaFree(workspace_);
   if (scratch_) cudaFree(scratch_);
+  if (widened_) cudaFree(widened_);
   if (stream_) cudaStreamDestroy(stream_);
   cudaGetLastError();
 }

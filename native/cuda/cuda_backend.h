@@ -88,9 +88,9 @@ class CudaBackend final : public Backend {
   // [B,N,H,Dh]. Other Dh: saved = the softmax probabilities [B,H,N,N].
   int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh,
                                  DType compute) const override;
-  Status attention_forward(const float* qkv, float* out, float* saved, int64_t B, int64_t N,
+  Status attention_forward(const void* qkv, float* out, float* saved, int64_t B, int64_t N,
                            int64_t H, int64_t Dh, DType compute) override;
-  Status attention_backward(const float* d_out, const float* qkv, const float* saved,
+  Status attention_backward(const float* d_out, const void* qkv, const float* saved,
                             float* d_qkv, int64_t B, int64_t N, int64_t H, int64_t Dh,
                             DType compute) override;
 
@@ -150,6 +150,10 @@ class CudaBackend final : public Backend {
   // order and under the backend's lock, so one buffer serves them all; growing it frees the old
   // one, which cudaFree does only after all queued work has finished.
   Status scratch(size_t bytes, void** out);
+  // A second device buffer of at least `bytes`, for float32 copies that must live beside
+  // scratch (attention's widened bf16 qkv on the paths without tensor cores); the same rules.
+  Status widened(size_t bytes, float** out);
+  Status grow(void** buffer, size_t* held, size_t bytes, const char* what);
   // The status of the kernel launched last: its launch error, or an earlier asynchronous one.
   Status launched(const char* kernel) const;
   // A non-kernel CUDA runtime call's error as a Status naming the call.
@@ -198,9 +202,11 @@ class CudaBackend final : public Backend {
   size_t workspace_bytes_ = 0;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
+  void* widened_ = nullptr;
+  size_t widened_bytes_ = 0;
   bool capturing_ = false;  // between begin_capture and end_capture
-  // Recordings bake in the scratch address; growing the scratch frees it. Each recording keeps
-  // the generation it was made in, and replay refuses one made before the scratch last moved.
+  // Recordings bake in the scratch addresses; growing a scratch buffer frees it. Each recording
+  // keeps the generation it was made in, and replay refuses one made before a buffer last moved.
   uint64_t scratch_generation_ = 0;
   std::map<void*, uint64_t> graph_generation_;
   std::map<GemmKey, std::unique_ptr<GemmPlan>> plans_;

@@ -7,8 +7,8 @@
 // nothing is added atomically and results do not depend on scheduling.
 //
 // Products: mma.sync m16n8k16 (bf16 operands, float32 accumulation), one warp per 16 rows.
-// qkv and d_out stay float32 in memory; tiles are rounded to bf16 (nearest even) as they are
-// staged into shared memory, two values per 32-bit word, and products read them from there in
+// qkv arrives in bf16 (the model stores it so in bf16 compute), d_out in float32; tiles are
+// rounded to bf16 (nearest even; qkv's already are) as they are staged into shared memory, two values per 32-bit word, and products read them from there in
 // the fragment layouts of the PTX ISA (see mma_m16n8k16 below). Score tiles never leave
 // registers: an mma's accumulator tile (16 × 8 floats) has the layout of half an operand tile
 // (16 × 16 bf16) once rounded, so the probabilities feed the next product directly.
@@ -42,6 +42,8 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+
+#include "../core/bf16.h"
 
 namespace repadapter {
 namespace flash_bf16 {
@@ -95,16 +97,22 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 template <int W>
 using Tile = uint32_t[W + kPad];
 
-// Rows [r0, r0 + R) of a matrix x with N rows of Dh floats (rows ld apart), rounded to bf16 into
-// shared memory, zeros past N, in either or both of two layouts (null: not wanted):
+// A staged element as float: float32 as it is, bf16 widened exactly (rounding it again is a
+// no-op, so a bf16 source stages the same bits it holds).
+__device__ __forceinline__ float staged_value(float x) { return x; }
+__device__ __forceinline__ float staged_value(uint16_t x) { return bf16_to_float(x); }
+
+// Rows [r0, r0 + R) of a matrix x (float32 or bf16) with N rows of Dh values (rows ld apart),
+// rounded to bf16 into shared memory, zeros past N, in either or both of two layouts (null: not
+// wanted):
 //   along rows    rows[r][w] = (x[r][2w], x[r][2w+1])      [R][Dh/2 + kPad]: operands whose
 //                 product sums over d (scores, dP)
 //   across rows   cols[d][w] = (x[2w][d], x[2w+1][d])      [Dh][R/2 + kPad]: operands whose
 //                 product sums over the rows (P·V, dSᵀ·Q, ...)
 // Each thread converts 2×2 blocks; a warp takes 8 row pairs × 4 column pairs, which reads 32-byte
 // row segments and writes the `cols` layout without bank conflicts (`rows` two-way).
-template <int R, int Dh>
-__device__ __forceinline__ void stage(Tile<Dh / 2>* rows, Tile<R / 2>* cols, const float* x,
+template <int R, int Dh, typename T>
+__device__ __forceinline__ void stage(Tile<Dh / 2>* rows, Tile<R / 2>* cols, const T* x,
                                       int64_t ld, int64_t r0, int64_t N) {
   static_assert(R % 16 == 0 && Dh % 8 == 0, "tile shapes");
   constexpr int kRowPairs = R / 2;
@@ -115,8 +123,8 @@ __device__ __forceinline__ void stage(Tile<Dh / 2>* rows, Tile<R / 2>* cols, con
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int64_t r = r0 + 2 * w + e;
-      v[e][0] = r < N ? x[r * ld + 2 * c] : 0.0f;
-      v[e][1] = r < N ? x[r * ld + 2 * c + 1] : 0.0f;
+      v[e][0] = r < N ? staged_value(x[r * ld + 2 * c]) : 0.0f;
+      v[e][1] = r < N ? staged_value(x[r * ld + 2 * c + 1]) : 0.0f;
     }
     if (rows) {
       rows[2 * w][c] = pack_bf16(v[0][0], v[0][1]);
@@ -183,7 +191,7 @@ __device__ __forceinline__ int live_tiles(int64_t c0, int64_t N) {
 // blockIdx.x = (b·H + h)·tiles + query tile, as flash::forward_kernel.
 template <int Dh>
 __global__ void __launch_bounds__(kThreads)
-    forward_kernel(const float* qkv, float* out, float* lse, float* o_copy, int64_t N, int64_t H,
+    forward_kernel(const uint16_t* qkv, float* out, float* lse, float* o_copy, int64_t N, int64_t H,
                    int64_t tiles, float scale) {
   constexpr int BQ = kBlockRows, BK = kForwardKeys;
   // k-steps of 16 over d; tiles of 8 over d and over the keys
@@ -194,9 +202,9 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
   const int64_t bh = blockIdx.x / tiles, i0 = (blockIdx.x % tiles) * BQ;
   const int64_t b = bh / H, h = bh % H, D = H * Dh, ld = 3 * D;
-  const float* q = qkv + b * N * ld + h * Dh;
-  const float* k = q + D;
-  const float* v = q + 2 * D;
+  const uint16_t* q = qkv + b * N * ld + h * Dh;
+  const uint16_t* k = q + D;
+  const uint16_t* v = q + 2 * D;
   const int r0 = 16 * warp;              // the warp's rows in the tile
   const bool active = i0 + r0 < N;       // warp-uniform
   stage<BQ, Dh>(qs, nullptr, q, ld, i0, N);
@@ -298,7 +306,7 @@ __global__ void __launch_bounds__(kThreads)
 // time; scores are [key][query], so bf16(P) and bf16(dS) are the A operands of Pᵀ·dÔ and dSᵀ·Q̂.
 template <int Dh>
 __global__ void __launch_bounds__(kThreads)
-    backward_kv_kernel(const float* qkv, const float* d_out, const float* lse, const float* delta,
+    backward_kv_kernel(const uint16_t* qkv, const float* d_out, const float* lse, const float* delta,
                        float* d_qkv, int64_t N, int64_t H, int64_t tiles, float scale) {
   constexpr int BK = kBlockRows, BQ = kBackwardStep;
   constexpr int KD = Dh / 16, ND = Dh / 8, NQ = BQ / 8;
@@ -312,7 +320,7 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
   const int64_t bh = blockIdx.x / tiles, j0 = (blockIdx.x % tiles) * BK;
   const int64_t b = bh / H, h = bh % H, D = H * Dh, ld = 3 * D;
-  const float* q = qkv + b * N * ld + h * Dh;
+  const uint16_t* q = qkv + b * N * ld + h * Dh;
   const float* dout = d_out + b * N * D + h * Dh;
   const int r0 = 16 * warp;
   const bool active = j0 + r0 < N;
@@ -407,7 +415,7 @@ __global__ void __launch_bounds__(kThreads)
 // 16 queries' Q̂ and dÔ as operands and dQ as accumulators, and walks all keys 32 at a time.
 template <int Dh>
 __global__ void __launch_bounds__(kThreads)
-    backward_q_kernel(const float* qkv, const float* d_out, const float* lse, const float* delta,
+    backward_q_kernel(const uint16_t* qkv, const float* d_out, const float* lse, const float* delta,
                       float* d_qkv, int64_t N, int64_t H, int64_t tiles, float scale) {
   constexpr int BQ = kBlockRows, BK = kBackwardStep;
   constexpr int KD = Dh / 16, ND = Dh / 8, NK = BK / 8;
@@ -419,9 +427,9 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
   const int64_t bh = blockIdx.x / tiles, i0 = (blockIdx.x % tiles) * BQ;
   const int64_t b = bh / H, h = bh % H, D = H * Dh, ld = 3 * D;
-  const float* q = qkv + b * N * ld + h * Dh;
-  const float* k = q + D;
-  const float* v = q + 2 * D;
+  const uint16_t* q = qkv + b * N * ld + h * Dh;
+  const uint16_t* k = q + D;
+  const uint16_t* v = q + 2 * D;
   const int r0 = 16 * warp;
   const bool active = i0 + r0 < N;
   stage<BQ, Dh>(qs, nullptr, q, ld, i0, N);

@@ -205,18 +205,27 @@ const std::map<std::string, OpFn>& registry() {
        c.out->erase("dy_y");
        return Status::Ok();
      }},
-    {"attention", [](Context& c) {  // qkv [B,N,3D] → out [B,N,D]; dtype: 0 float32 (default), 1 bf16 compute
+    // qkv [B,N,3D] → out [B,N,D]; dtype: 0 float32 (default), 1 bf16 compute (qkv handed over
+    // in bf16, rounded here, as the model stores it).
+    {"attention", [](Context& c) {
        const int64_t B = c.i("B"), N = c.i("N"), H = c.i("H"), Dh = c.i("Dh"), D = H * Dh;
        const DType dtype = c.i("dtype") == 1 ? DType::kBF16 : DType::kF32;
        RA_RETURN_IF_ERROR(c.inputs({{"qkv", B * N * 3 * D}}));
+       const void* qkv = c.buf["qkv"];
+       if (dtype == DType::kBF16) {
+         RA_RETURN_IF_ERROR(c.zeros("qkv16", (B * N * 3 * D + 1) / 2));
+         uint16_t* q16 = reinterpret_cast<uint16_t*>(c.buf["qkv16"]);
+         RA_RETURN_IF_ERROR(c.be.convert_to_bf16(c.buf["qkv"], q16, B * N * 3 * D));
+         qkv = q16;
+       }
        RA_RETURN_IF_ERROR(c.zeros("out", B * N * D));
        RA_RETURN_IF_ERROR(c.zeros("saved", c.be.attention_saved_floats(B, N, H, Dh, dtype)));
-       RA_RETURN_IF_ERROR(c.be.attention_forward(c.buf["qkv"], c.buf["out"], c.buf["saved"], B, N, H, Dh, dtype));
+       RA_RETURN_IF_ERROR(c.be.attention_forward(qkv, c.buf["out"], c.buf["saved"], B, N, H, Dh, dtype));
        RA_RETURN_IF_ERROR(c.get({"out"}));
        if (!c.dout) return Status::Ok();
        RA_RETURN_IF_ERROR(c.grad_of("out", B * N * D));
        RA_RETURN_IF_ERROR(c.zeros("d_qkv", B * N * 3 * D));
-       RA_RETURN_IF_ERROR(c.be.attention_backward(c.buf["dy_out"], c.buf["qkv"], c.buf["saved"],
+       RA_RETURN_IF_ERROR(c.be.attention_backward(c.buf["dy_out"], qkv, c.buf["saved"],
                                                   c.buf["d_qkv"], B, N, H, Dh, dtype));
        return c.get({"d_qkv"});
      }},

@@ -375,7 +375,9 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
     float* shared_u = take(M * D);
     float* shared_o = take(M * D);
     float* shared_z = take(M * std::max<int64_t>(R, 1));
-    float* shared_qkv = keep ? nullptr : take(M * 3 * D);
+    // qkv in the compute dtype: bf16 compute stores it in bf16, the values attention rounds to.
+    const int64_t qkv_floats = compute_dtype_ == DType::kBF16 ? (M * 3 * D + 1) / 2 : M * 3 * D;
+    float* shared_qkv = keep ? nullptr : take(qkv_floats);
     // bf16 compute with fc2 frozen runs the MLP's activations in bf16, as autocast does: fc1
     // writes bf16, GELU reads and writes bf16, fc2 reads bf16 (nothing needs them in float32:
     // backward reads GELU's input, which bf16 compute keeps in bf16 anyway), and backward's
@@ -400,7 +402,7 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
       s.a1 = shared_a;
       s.z1 = keep && attn_adapter ? take(M * R) : shared_z;
       s.u1 = keep && attn_adapter && all ? take(M * D) : shared_u;
-      s.qkv = keep ? take(M * 3 * D) : shared_qkv;
+      s.qkv = keep ? take(qkv_floats) : shared_qkv;
       s.attn_saved = keep ? take(backend_.attention_saved_floats(B, N, H, c.head_dim(), compute_dtype_)) : nullptr;
       s.o = keep && all ? take(M * D) : shared_o;
       s.x_mid = keep ? take(M * D) : shared_x;
@@ -574,7 +576,11 @@ Status ViT::forward_compute(int64_t B, bool train) {
       RA_RETURN_IF_ERROR(backend_.layernorm_forward(s.x_in, D, k.norm1.w->data, k.norm1.b->data, s.a1, D,
                                                     s.mean1, s.rstd1, M, D, c.ln_eps));
     }
-    RA_RETURN_IF_ERROR(linear_forward(backend_, qkv_in, M, ref(k.qkv), s.qkv));
+    if (compute_dtype_ == DType::kBF16)
+      RA_RETURN_IF_ERROR(linear_forward(backend_, qkv_in, M, ref(k.qkv), nullptr, 0.0f,
+                                        {nullptr, static_cast<uint16_t*>(s.qkv)}));
+    else
+      RA_RETURN_IF_ERROR(linear_forward(backend_, qkv_in, M, ref(k.qkv), static_cast<float*>(s.qkv)));
     RA_RETURN_IF_ERROR(backend_.attention_forward(s.qkv, s.o, s.attn_saved, B, N, c.heads, c.head_dim(), compute_dtype_));
     // x_mid = x_in + branch: with stochastic depth through the residual op (which writes x_mid
     // from x_in, no copy); without, the proj product adds into x_mid, a copy of x_in where

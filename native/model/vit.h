@@ -136,7 +136,8 @@ class ViT {
   // Per-block activations; pointers into the arena. Entries marked "shared" point to one buffer
   // reused by every block when backward does not need them.
   struct Saved {
-    float *x_in, *mean1, *rstd1, *a1, *z1, *u1, *qkv, *attn_saved, *o;  // attn_saved: what the backend keeps for attention_backward
+    float *x_in, *mean1, *rstd1, *a1, *z1, *u1, *attn_saved, *o;  // attn_saved: what the backend keeps for attention_backward
+    void* qkv;  // in the compute dtype: float32, or bf16 (the backend's attention reads it so)
     float *x_mid, *mean2, *rstd2, *a2, *z2, *u2, *h, *g;
     uint16_t* h_bf16;  // GELU's input for backward, in bf16 compute (then h is null)
     uint16_t* g_bf16;  // GELU's output in bf16, where the MLP's activations are bf16 (then g is null)

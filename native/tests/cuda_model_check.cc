@@ -25,8 +25,12 @@
 // rounding boundary and moves by a whole bf16 step (2⁻⁸ relative). Such flips feed the next
 // blocks and breed more, so through 12 blocks the gap grows towards a fraction of bf16's own
 // effect on the output (printed as information: CPU float32 against CPU bf16 eval logits).
-// Defaults: 2e-3 for logits and loss, 1e-2 for gradients (backward passes through twice as many
-// bf16 products, and a gradient's scale is set by a few large entries). A fold is exact in
+// Defaults: 5e-3 for logits and loss, 2e-2 for gradients (backward passes through twice as many
+// bf16 products, and a gradient's scale is set by a few large entries). They were 2e-3 and 1e-2
+// before attention and the MLP's activations went bf16 too: the tensor-core attention rounds
+// exp(s − m) against a running maximum where the CPU uses the row's (1e-3 relative on one
+// attention's output at N = 197, in the emulation), and fc1's output is rounded, so each block
+// adds flips of its own. Not yet measured on a GPU: a first run tells whether these hold. A fold is exact in
 // float32 but not in bf16 (the folded weight is rounded to bf16, the adapter's output was rounded
 // on its way into the Linear instead), so "fold ≡ unfold" gets its own bound in bf16 mode, 5e-2:
 // bf16's own effect on the logits, with room (both measured 6e-3 on the CPU at the small config,
@@ -62,8 +66,8 @@ struct Options {
   int fused_steps = 4;   // ViT::train_step calls per model in fused_steps (0: skipped)
   void set_defaults() {
     const bool bf16 = dtype == DType::kBF16;
-    if (tol < 0) tol = bf16 ? 2e-3 : 1e-4;  // float32: 12 blocks of float32 rounding, both ways
-    if (grad_tol < 0) grad_tol = bf16 ? 1e-2 : 5e-4;
+    if (tol < 0) tol = bf16 ? 5e-3 : 1e-4;  // float32: 12 blocks of float32 rounding, both ways
+    if (grad_tol < 0) grad_tol = bf16 ? 2e-2 : 5e-4;
     // Folded against unfolded logits on one backend: float32 rounding only in float32 mode; in
     // bf16, the bf16 rounding of the folded weights (see the top of this file).
     fold_tol = bf16 ? 5e-2 : tol;

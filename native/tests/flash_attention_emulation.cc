@@ -184,25 +184,28 @@ uint32_t pack_bf16(float lo, float hi) {
 
 using namespace repadapter;
 
-// Emulated fused_forward / fused_backward, as attention.cu launches them for `compute`.
+// Emulated fused_forward / fused_backward, as attention.cu launches them for `compute`; qkv is
+// in the compute dtype, as the backend receives it (bf16 for the tensor-core kernels).
 template <int Dh>
-void emu_forward(const float* qkv, float* out, float* saved, int64_t B, int64_t N, int64_t H,
+void emu_forward(const void* qkv, float* out, float* saved, int64_t B, int64_t N, int64_t H,
                  float scale, DType compute) {
   float* lse = saved;
   float* oc = saved ? saved + B * H * N : nullptr;
   if (compute == DType::kBF16) {
+    const uint16_t* q16 = static_cast<const uint16_t*>(qkv);
     const int64_t tiles = (N + flash_bf16::kBlockRows - 1) / flash_bf16::kBlockRows;
     emu::launch(static_cast<unsigned>(B * H * tiles), flash_bf16::kThreads,
-                [&] { flash_bf16::forward_kernel<Dh>(qkv, out, lse, oc, N, H, tiles, scale); });
+                [&] { flash_bf16::forward_kernel<Dh>(q16, out, lse, oc, N, H, tiles, scale); });
     return;
   }
+  const float* q32 = static_cast<const float*>(qkv);
   const int64_t tiles = (N + flash::kForwardRows - 1) / flash::kForwardRows;
   emu::launch(static_cast<unsigned>(B * H * tiles), flash::kThreads,
-              [&] { flash::forward_kernel<Dh>(qkv, out, lse, oc, N, H, tiles, scale); });
+              [&] { flash::forward_kernel<Dh>(q32, out, lse, oc, N, H, tiles, scale); });
 }
 // given_delta (optional): D [B,H,N] to use instead of row_dot_kernel's.
 template <int Dh>
-void emu_backward(const float* d_out, const float* qkv, const float* saved, float* d_qkv,
+void emu_backward(const float* d_out, const void* qkv, const float* saved, float* d_qkv,
                   int64_t B, int64_t N, int64_t H, float scale, DType compute,
                   const std::vector<float>* given_delta = nullptr) {
   std::vector<float> delta(B * H * N, NAN);
@@ -215,22 +218,24 @@ void emu_backward(const float* d_out, const float* qkv, const float* saved, floa
       delta = *given_delta;
     else
       emu::launch(rb, 256, [&] { flash::row_dot_kernel<Dh, true>(d_out, o, delta.data(), N, H, rows); });
+    const uint16_t* q16 = static_cast<const uint16_t*>(qkv);
     const int64_t tiles = (N + flash_bf16::kBlockRows - 1) / flash_bf16::kBlockRows;
     emu::launch(static_cast<unsigned>(B * H * tiles), flash_bf16::kThreads, [&] {
-      flash_bf16::backward_kv_kernel<Dh>(qkv, d_out, lse, delta.data(), d_qkv, N, H, tiles, scale);
+      flash_bf16::backward_kv_kernel<Dh>(q16, d_out, lse, delta.data(), d_qkv, N, H, tiles, scale);
     });
     emu::launch(static_cast<unsigned>(B * H * tiles), flash_bf16::kThreads, [&] {
-      flash_bf16::backward_q_kernel<Dh>(qkv, d_out, lse, delta.data(), d_qkv, N, H, tiles, scale);
+      flash_bf16::backward_q_kernel<Dh>(q16, d_out, lse, delta.data(), d_qkv, N, H, tiles, scale);
     });
     return;
   }
+  const float* q32 = static_cast<const float*>(qkv);
   emu::launch(rb, 256, [&] { flash::row_dot_kernel<Dh>(d_out, o, delta.data(), N, H, rows); });
   const int64_t tiles = (N + flash::kTile - 1) / flash::kTile;
   emu::launch(static_cast<unsigned>(B * H * tiles), flash::kThreads, [&] {
-    flash::backward_kv_kernel<Dh>(qkv, d_out, lse, delta.data(), d_qkv, N, H, tiles, scale);
+    flash::backward_kv_kernel<Dh>(q32, d_out, lse, delta.data(), d_qkv, N, H, tiles, scale);
   });
   emu::launch(static_cast<unsigned>(B * H * tiles), flash::kThreads, [&] {
-    flash::backward_q_kernel<Dh>(qkv, d_out, lse, delta.data(), d_qkv, N, H, tiles, scale);
+    flash::backward_q_kernel<Dh>(q32, d_out, lse, delta.data(), d_qkv, N, H, tiles, scale);
   });
 }
 
@@ -409,12 +414,17 @@ int main(int argc, char** argv) {
       std::vector<float> out(B * N * D, NAN), saved(B * H * N + B * N * D, NAN), dq(B * N * 3 * D, NAN),
           out_inf(B * N * D, NAN), dq_given(B * N * 3 * D, NAN);
       const Reference r = reference(qkv, dout, B, N, H, Dh, compute);
+      // What the backends receive: qkv in the compute dtype (bf16: the same values rounded, which
+      // the definition rounds anyway).
+      std::vector<uint16_t> qkv16(bf16 ? qkv.size() : 0);
+      for (size_t i = 0; i < qkv16.size(); ++i) qkv16[i] = bf16_from_float(qkv[i]);
+      const void* given = bf16 ? static_cast<const void*>(qkv16.data()) : qkv.data();
       auto run = [&](auto forward, auto backward) {
-        forward(qkv.data(), out.data(), saved.data(), B, N, H, scale, compute);
-        forward(qkv.data(), out_inf.data(), nullptr, B, N, H, scale, compute);
-        backward(dout.data(), qkv.data(), saved.data(), dq.data(), B, N, H, scale, compute, nullptr);
+        forward(given, out.data(), saved.data(), B, N, H, scale, compute);
+        forward(given, out_inf.data(), nullptr, B, N, H, scale, compute);
+        backward(dout.data(), given, saved.data(), dq.data(), B, N, H, scale, compute, nullptr);
         // The backward kernels alone: given the definition's D instead of row_dot_kernel's.
-        if (bf16) backward(dout.data(), qkv.data(), saved.data(), dq_given.data(), B, N, H, scale, compute, &r.delta);
+        if (bf16) backward(dout.data(), given, saved.data(), dq_given.data(), B, N, H, scale, compute, &r.delta);
       };
       if (Dh == 32)
         run(emu_forward<32>, emu_backward<32>);
@@ -422,8 +432,8 @@ int main(int argc, char** argv) {
         run(emu_forward<64>, emu_backward<64>);
       // CPU backend.
       std::vector<float> c_out(B * N * D), c_probs(B * H * N * N), c_dq(B * N * 3 * D);
-      Status st = cpu.attention_forward(qkv.data(), c_out.data(), c_probs.data(), B, N, H, Dh, compute);
-      if (st.ok()) st = cpu.attention_backward(dout.data(), qkv.data(), c_probs.data(), c_dq.data(), B, N, H, Dh, compute);
+      Status st = cpu.attention_forward(given, c_out.data(), c_probs.data(), B, N, H, Dh, compute);
+      if (st.ok()) st = cpu.attention_backward(dout.data(), given, c_probs.data(), c_dq.data(), B, N, H, Dh, compute);
       if (!st.ok()) { std::printf("cpu failed: %s\n", st.message().c_str()); return 1; }
       const double e_out = rel(c_out, out), e_inf = rel(c_out, out_inf), e_dq = rel(c_dq, dq);
       const double e_copy = rel(out, std::vector<float>(saved.begin() + B * H * N, saved.end()));

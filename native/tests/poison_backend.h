@@ -110,13 +110,13 @@ class PoisonBackend final : public Backend {
                                  DType compute) const override {
     return inner_.attention_saved_floats(B, N, H, Dh, compute);
   }
-  Status attention_forward(const float* qkv, float* out, float* saved, int64_t B, int64_t N,
+  Status attention_forward(const void* qkv, float* out, float* saved, int64_t B, int64_t N,
                            int64_t H, int64_t Dh, DType compute) override {
     RA_RETURN_IF_ERROR(poison(out, B * N * H * Dh));
     if (saved) RA_RETURN_IF_ERROR(poison(saved, attention_saved_floats(B, N, H, Dh, compute)));
     return inner_.attention_forward(qkv, out, saved, B, N, H, Dh, compute);
   }
-  Status attention_backward(const float* d_out, const float* qkv, const float* saved,
+  Status attention_backward(const float* d_out, const void* qkv, const float* saved,
                             float* d_qkv, int64_t B, int64_t N, int64_t H, int64_t Dh,
                             DType compute) override {
     RA_RETURN_IF_ERROR(poison(d_qkv, B * N * 3 * H * Dh));
