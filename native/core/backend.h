@@ -173,10 +173,12 @@ class Backend {
                                          DType compute) const = 0;
   virtual Status attention_forward(const void* qkv, float* out, float* saved, int64_t B,
                                    int64_t N, int64_t H, int64_t Dh, DType compute) = 0;
-  // d_qkv [B,N,3D] from d_out [B,N,D] (overwrites).
+  // d_qkv [B,N,3D] from d_out [B,N,D] (overwrites). In kBF16, d_qkv_bf16 may replace d_qkv
+  // (then null): the same gradient rounded to bf16, for a frozen qkv Linear, whose input-gradient
+  // product rounds its operand to bf16 anyway — half the bytes, and no rounding copy there.
   virtual Status attention_backward(const float* d_out, const void* qkv, const float* saved,
-                                    float* d_qkv, int64_t B, int64_t N, int64_t H, int64_t Dh,
-                                    DType compute) = 0;
+                                    float* d_qkv, uint16_t* d_qkv_bf16, int64_t B, int64_t N,
+                                    int64_t H, int64_t Dh, DType compute) = 0;
 
   // ---- RepAdapter pieces (cpu/adapter.cc); the dense down-projection is a gemm -------------
   // Inverted dropout on z [n] in place; the mask is uniform01(seed, *step_key ^ site, i) >= p.

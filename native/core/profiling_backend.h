@@ -88,10 +88,12 @@ class ProfilingBackend final : public Backend {
     return time("attention_forward", 4.0 * B * H * N * N * Dh,
                 [&] { return inner_.attention_forward(qkv, out, saved, B, N, H, Dh, compute); });
   }
-  Status attention_backward(const float* d_out, const void* qkv, const float* saved, float* d_qkv, int64_t B,
-                            int64_t N, int64_t H, int64_t Dh, DType compute) override {
-    return time("attention_backward", 8.0 * B * H * N * N * Dh,
-                [&] { return inner_.attention_backward(d_out, qkv, saved, d_qkv, B, N, H, Dh, compute); });
+  Status attention_backward(const float* d_out, const void* qkv, const float* saved, float* d_qkv,
+                            uint16_t* d_qkv_bf16, int64_t B, int64_t N, int64_t H, int64_t Dh,
+                            DType compute) override {
+    return time("attention_backward", 8.0 * B * H * N * N * Dh, [&] {
+      return inner_.attention_backward(d_out, qkv, saved, d_qkv, d_qkv_bf16, B, N, H, Dh, compute);
+    });
   }
   Status dropout_forward(float* z, int64_t n, float p, uint64_t seed, const uint64_t* key, uint64_t site) override {
     return time("dropout", 0, [&] { return inner_.dropout_forward(z, n, p, seed, key, site); });

@@ -297,26 +297,32 @@ Status CpuBackend::attention_forward(const void* qkv, float* out, float* probs, 
 }
 
 Status CpuBackend::attention_backward(const float* d_out, const void* qkv, const float* probs,
-                                      float* d_qkv, int64_t B, int64_t N, int64_t H,
-                                      int64_t Dh, DType compute) {
+                                      float* d_qkv, uint16_t* d_qkv_bf16, int64_t B, int64_t N,
+                                      int64_t H, int64_t Dh, DType compute) {
   const int64_t D = H * Dh, ld = 3 * D;
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
   const bool bf16 = compute == DType::kBF16;
+  if ((d_qkv == nullptr) == (d_qkv_bf16 == nullptr) || (d_qkv_bf16 && !bf16))
+    return InvalidArgument("attention_backward: exactly one of d_qkv and (in bf16 compute) d_qkv_bf16");
   Status status;
 #pragma omp parallel
   {
-    thread_local std::vector<float> ds_local, rounded, p_rounded;
+    thread_local std::vector<float> ds_local, rounded, p_rounded, head_grad;
     if (static_cast<int64_t>(ds_local.size()) < N * N) ds_local.resize(N * N);
     if (bf16 && static_cast<int64_t>(p_rounded.size()) < N * N) p_rounded.resize(N * N);
+    // A bf16 d_qkv: each head's gradient in float32 first ([N, 3, Dh]), then rounded into place.
+    if (d_qkv_bf16 && static_cast<int64_t>(head_grad.size()) < N * 3 * Dh) head_grad.resize(N * 3 * Dh);
 #pragma omp for collapse(2) schedule(dynamic)
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < H; ++h) {
         const int64_t offset = b * N * ld + h * Dh;
         const HeadInputs in = head_inputs(qkv, offset, ld, d_out + b * N * D + h * Dh, D, D, N,
                                           Dh, compute, &rounded);
-        float* dq = d_qkv + offset;  // dq, dk, dv: [N, Dh], rows ld apart
-        float* dk = dq + D;
-        float* dv = dq + 2 * D;
+        // dq, dk, dv: [N, Dh], rows ldg apart (in d_qkv, or in the head's float32 gradient)
+        const int64_t ldg = d_qkv ? ld : 3 * Dh;
+        float* dq = d_qkv ? d_qkv + offset : head_grad.data();
+        float* dk = dq + (d_qkv ? D : Dh);
+        float* dv = dq + (d_qkv ? 2 * D : 2 * Dh);
         const float* p = probs + (b * H + h) * N * N;
         float* ds = ds_local.data();
         const float* p_dv = p;  // dv's operand: p, or bf16(p)
@@ -324,11 +330,16 @@ Status CpuBackend::attention_backward(const float* d_out, const void* qkv, const
           round_rows(p, N, N, N, p_rounded.data());
           p_dv = p_rounded.data();
         }
-        Status st = value_grads(*this, p_dv, in, dv, ld, ds, N, Dh);
+        Status st = value_grads(*this, p_dv, in, dv, ldg, ds, N, Dh);
         softmax_backward_rows(p, ds, N);
         if (bf16)
           for (int64_t i = 0; i < N * N; ++i) ds[i] = round_bf16(ds[i]);
-        if (st.ok()) st = query_key_grads(*this, ds, in, dq, dk, ld, N, Dh, scale);
+        if (st.ok()) st = query_key_grads(*this, ds, in, dq, dk, ldg, N, Dh, scale);
+        if (d_qkv_bf16)
+          for (int64_t i = 0; i < N; ++i)
+            for (int64_t part = 0; part < 3; ++part)
+              for (int64_t d = 0; d < Dh; ++d)
+                d_qkv_bf16[offset + i * ld + part * D + d] = bf16_from_float(head_grad[(i * 3 + part) * Dh + d]);
         if (!st.ok()) {
 #pragma omp critical
           status = st;

@@ -55,8 +55,8 @@ class CpuBackend final : public Backend {
   Status attention_forward(const void* qkv, float* out, float* probs, int64_t B, int64_t N,
                            int64_t H, int64_t Dh, DType compute) override;
   Status attention_backward(const float* d_out, const void* qkv, const float* probs,
-                            float* d_qkv, int64_t B, int64_t N, int64_t H, int64_t Dh,
-                            DType compute) override;
+                            float* d_qkv, uint16_t* d_qkv_bf16, int64_t B, int64_t N, int64_t H,
+                            int64_t Dh, DType compute) override;
 
   Status dropout_forward(float* z, int64_t n, float p, uint64_t seed, const uint64_t* step_key,
                          uint64_t site) override;

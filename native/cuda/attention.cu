@@ -20,6 +20,7 @@
 // differs from the CPU's bf16 attention by bf16 rounding.
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 #include "common.cuh"
 #include "flash_attention.cuh"
@@ -127,9 +128,10 @@ Status fused_forward(CudaBackend& be, QkvView qkv, float* out, float* saved, int
   return be.launched("attention_forward (fused)");
 }
 
-template <int Dh>
+// d_qkv is float32, or bf16 (G = uint16_t) from the tensor-core kernels.
+template <int Dh, typename G>
 Status fused_backward(CudaBackend& be, const float* d_out, QkvView qkv, const float* saved,
-                      float* d_qkv, int64_t B, int64_t N, int64_t H, float scale) {
+                      G* d_qkv, int64_t B, int64_t N, int64_t H, float scale) {
   const bool tensor_cores = qkv.bf16 != nullptr;
   const float* lse = saved;
   const float* o = saved + B * H * N;
@@ -148,20 +150,24 @@ Status fused_backward(CudaBackend& be, const float* d_out, QkvView qkv, const fl
   unsigned blocks = 0;
   if (tensor_cores) {
     RA_RETURN_IF_ERROR(fused_grid(B, N, H, flash_bf16::kBlockRows, &tiles, &blocks));
-    flash_bf16::backward_kv_kernel<Dh><<<blocks, flash_bf16::kThreads, 0, be.stream()>>>(
+    flash_bf16::backward_kv_kernel<Dh, G><<<blocks, flash_bf16::kThreads, 0, be.stream()>>>(
         qkv.bf16, d_out, lse, delta, d_qkv, N, H, tiles, scale);
     RA_RETURN_IF_ERROR(be.launched("attention_backward (fused, bf16 tensor cores, dK and dV)"));
-    flash_bf16::backward_q_kernel<Dh><<<blocks, flash_bf16::kThreads, 0, be.stream()>>>(
+    flash_bf16::backward_q_kernel<Dh, G><<<blocks, flash_bf16::kThreads, 0, be.stream()>>>(
         qkv.bf16, d_out, lse, delta, d_qkv, N, H, tiles, scale);
     return be.launched("attention_backward (fused, bf16 tensor cores, dQ)");
   }
-  RA_RETURN_IF_ERROR(fused_grid(B, N, H, flash::kTile, &tiles, &blocks));
-  flash::backward_kv_kernel<Dh><<<blocks, flash::kThreads, 0, be.stream()>>>(
-      qkv.f32, d_out, lse, delta, d_qkv, N, H, tiles, scale);
-  RA_RETURN_IF_ERROR(be.launched("attention_backward (fused, dK and dV)"));
-  flash::backward_q_kernel<Dh><<<blocks, flash::kThreads, 0, be.stream()>>>(
-      qkv.f32, d_out, lse, delta, d_qkv, N, H, tiles, scale);
-  return be.launched("attention_backward (fused, dQ)");
+  if constexpr (std::is_same<G, float>::value) {
+    RA_RETURN_IF_ERROR(fused_grid(B, N, H, flash::kTile, &tiles, &blocks));
+    flash::backward_kv_kernel<Dh><<<blocks, flash::kThreads, 0, be.stream()>>>(
+        qkv.f32, d_out, lse, delta, d_qkv, N, H, tiles, scale);
+    RA_RETURN_IF_ERROR(be.launched("attention_backward (fused, dK and dV)"));
+    flash::backward_q_kernel<Dh><<<blocks, flash::kThreads, 0, be.stream()>>>(
+        qkv.f32, d_out, lse, delta, d_qkv, N, H, tiles, scale);
+    return be.launched("attention_backward (fused, dQ)");
+  } else {
+    return Internal("attention_backward: a bf16 d_qkv from the float32 kernels");
+  }
 }
 
 __global__ void widen_kernel(const uint16_t* x, float* y, int64_t n) {
@@ -171,10 +177,12 @@ __global__ void widen_kernel(const uint16_t* x, float* y, int64_t n) {
 // qkv (n values in the compute dtype) as the kernels for (Dh, compute) read it: bf16 as given
 // for the tensor-core kernels, float32 for the rest — in bf16 compute a widened copy in the
 // backend's own buffer (exact: the values are bf16 already), since those paths put their scores
-// in scratch.
+// in scratch. `spare` (bf16 compute only): n more floats of that buffer for the float32 kernels'
+// d_qkv, which a bf16 d_qkv is rounded from; null where the tensor-core kernels write bf16.
 Status attention_qkv(CudaBackend& be, const void* qkv, int64_t n, int64_t Dh, DType compute,
-                     QkvView* out) {
+                     QkvView* out, float** spare = nullptr) {
   *out = QkvView();
+  if (spare) *spare = nullptr;
   if (compute != DType::kBF16) {
     out->f32 = static_cast<const float*>(qkv);
     return Status::Ok();
@@ -184,10 +192,11 @@ Status attention_qkv(CudaBackend& be, const void* qkv, int64_t n, int64_t Dh, DT
     return Status::Ok();
   }
   float* wide = nullptr;
-  RA_RETURN_IF_ERROR(be.widened(static_cast<size_t>(n) * sizeof(float), &wide));
+  RA_RETURN_IF_ERROR(be.widened(static_cast<size_t>(spare ? 2 * n : n) * sizeof(float), &wide));
   widen_kernel<<<be.blocks_for(n), 256, 0, be.stream()>>>(static_cast<const uint16_t*>(qkv), wide, n);
   RA_RETURN_IF_ERROR(be.launched("attention (qkv widened from bf16)"));
   out->f32 = wide;
+  if (spare) *spare = wide + n;
   return Status::Ok();
 }
 
@@ -251,14 +260,26 @@ Status CudaBackend::attention_forward(const void* qkv, float* out, float* saved,
 // With p = softmax(s):  dv = pᵀ do,  dp = do vᵀ,  ds = p ⊙ (dp − rowsum(dp ⊙ p)),
 // dq = scale · ds k,  dk = scale · dsᵀ q. Every element of d_qkv is written (beta = 0).
 Status CudaBackend::attention_backward(const float* d_out, const void* qkv, const float* saved,
-                                       float* d_qkv, int64_t B, int64_t N, int64_t H,
-                                       int64_t Dh, DType compute) {
+                                       float* d_qkv, uint16_t* d_qkv_bf16, int64_t B, int64_t N,
+                                       int64_t H, int64_t Dh, DType compute) {
+  if ((d_qkv == nullptr) == (d_qkv_bf16 == nullptr) || (d_qkv_bf16 && compute != DType::kBF16))
+    return InvalidArgument("attention_backward: exactly one of d_qkv and (in bf16 compute) d_qkv_bf16");
   RA_CUDA_ENTRY();
   if (B <= 0 || N <= 0 || H <= 0 || Dh <= 0) return Status::Ok();
   const int64_t D = H * Dh, ld = 3 * D, NN = N * N;
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
   QkvView view;
-  RA_RETURN_IF_ERROR(attention_qkv(*this, qkv, B * N * ld, Dh, compute, &view));
+  float* spare = nullptr;
+  RA_RETURN_IF_ERROR(attention_qkv(*this, qkv, B * N * ld, Dh, compute, &view, d_qkv_bf16 ? &spare : nullptr));
+  if (d_qkv_bf16 && view.bf16) {  // the tensor-core kernels round as they store
+    if (Dh == 32) return fused_backward<32>(*this, d_out, view, saved, d_qkv_bf16, B, N, H, scale);
+    return fused_backward<64>(*this, d_out, view, saved, d_qkv_bf16, B, N, H, scale);
+  }
+  if (d_qkv_bf16) {
+    // The float32 paths into the spare buffer, then rounded: the same numbers, one more pass.
+    RA_RETURN_IF_ERROR(attention_backward(d_out, view.f32, saved, spare, nullptr, B, N, H, Dh, DType::kF32));
+    return convert_to_bf16(spare, d_qkv_bf16, B * N * ld);
+  }
   if (Dh == 32) return fused_backward<32>(*this, d_out, view, saved, d_qkv, B, N, H, scale);
   if (Dh == 64) return fused_backward<64>(*this, d_out, view, saved, d_qkv, B, N, H, scale);
   const float* probs = saved;

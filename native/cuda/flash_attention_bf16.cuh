@@ -30,6 +30,7 @@
 //     dp = v̂ dÔᵀ, ds = p ⊙ (dp − D), dV = Σ bf16(p)ᵀ dÔ, dK = scale · Σ bf16(ds)ᵀ q̂.
 //   dQ       (64 query rows; keys stream 32 at a time): the same p and ds,
 //     dQ = scale · Σ bf16(ds) k̂.
+// d_qkv is float32, or bf16 (each element rounded once as it is stored) for a frozen qkv Linear.
 // dÔ = bf16(d_out); D = rowsum(dÔ ⊙ out) (row_dot_kernel<Dh, true> of flash_attention.cuh),
 // the CPU's rowsum(dP ⊙ p) in exact arithmetic.
 //
@@ -101,6 +102,10 @@ using Tile = uint32_t[W + kPad];
 // no-op, so a bf16 source stages the same bits it holds).
 __device__ __forceinline__ float staged_value(float x) { return x; }
 __device__ __forceinline__ float staged_value(uint16_t x) { return bf16_to_float(x); }
+
+// A gradient element stored as float32, or rounded to bf16 (d_qkv for a frozen qkv Linear).
+__device__ __forceinline__ void store_grad(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_grad(uint16_t* p, float v) { *p = bf16_from_float(v); }
 
 // Rows [r0, r0 + R) of a matrix x (float32 or bf16) with N rows of Dh values (rows ld apart),
 // rounded to bf16 into shared memory, zeros past N, in either or both of two layouts (null: not
@@ -304,10 +309,10 @@ __global__ void __launch_bounds__(kThreads)
 // dK and dV of 64 keys of one (b, h): blockIdx.x = (b·H + h)·tiles + key tile. Each warp keeps
 // its 16 keys' K̂ and V̂ as operands and dK, dV as accumulators, and walks all queries 32 at a
 // time; scores are [key][query], so bf16(P) and bf16(dS) are the A operands of Pᵀ·dÔ and dSᵀ·Q̂.
-template <int Dh>
+template <int Dh, typename G>
 __global__ void __launch_bounds__(kThreads)
     backward_kv_kernel(const uint16_t* qkv, const float* d_out, const float* lse, const float* delta,
-                       float* d_qkv, int64_t N, int64_t H, int64_t tiles, float scale) {
+                       G* d_qkv, int64_t N, int64_t H, int64_t tiles, float scale) {
   constexpr int BK = kBlockRows, BQ = kBackwardStep;
   constexpr int KD = Dh / 16, ND = Dh / 8, NQ = BQ / 8;
   __shared__ Tile<Dh / 2> ks[BK];
@@ -399,24 +404,24 @@ __global__ void __launch_bounds__(kThreads)
   for (int r = 0; r < 2; ++r) {
     const int64_t j = j0 + r0 + g + 8 * r;
     if (j >= N) continue;
-    float* row = d_qkv + b * N * ld + j * ld + h * Dh;
+    G* row = d_qkv + b * N * ld + j * ld + h * Dh;
 #pragma unroll
     for (int n = 0; n < ND; ++n)
 #pragma unroll
       for (int e = 2 * r; e < 2 * r + 2; ++e) {
         const int d = 8 * n + 2 * t + (e & 1);
-        row[D + d] = dk[n][e] * scale;
-        row[2 * D + d] = dv[n][e];
+        store_grad(row + D + d, dk[n][e] * scale);
+        store_grad(row + 2 * D + d, dv[n][e]);
       }
   }
 }
 
 // dQ of 64 queries of one (b, h): blockIdx.x = (b·H + h)·tiles + query tile. Each warp keeps its
 // 16 queries' Q̂ and dÔ as operands and dQ as accumulators, and walks all keys 32 at a time.
-template <int Dh>
+template <int Dh, typename G>
 __global__ void __launch_bounds__(kThreads)
     backward_q_kernel(const uint16_t* qkv, const float* d_out, const float* lse, const float* delta,
-                      float* d_qkv, int64_t N, int64_t H, int64_t tiles, float scale) {
+                      G* d_qkv, int64_t N, int64_t H, int64_t tiles, float scale) {
   constexpr int BQ = kBlockRows, BK = kBackwardStep;
   constexpr int KD = Dh / 16, ND = Dh / 8, NK = BK / 8;
   __shared__ Tile<Dh / 2> qs[BQ];
@@ -507,11 +512,11 @@ __global__ void __launch_bounds__(kThreads)
   for (int r = 0; r < 2; ++r) {
     const int64_t i = i0 + r0 + g + 8 * r;
     if (i >= N) continue;
-    float* row = d_qkv + b * N * ld + i * ld + h * Dh;
+    G* row = d_qkv + b * N * ld + i * ld + h * Dh;
 #pragma unroll
     for (int n = 0; n < ND; ++n)
 #pragma unroll
-      for (int e = 2 * r; e < 2 * r + 2; ++e) row[8 * n + 2 * t + (e & 1)] = dq[n][e] * scale;
+      for (int e = 2 * r; e < 2 * r + 2; ++e) store_grad(row + 8 * n + 2 * t + (e & 1), dq[n][e] * scale);
   }
 }
 

@@ -206,7 +206,7 @@ const std::map<std::string, OpFn>& registry() {
        return Status::Ok();
      }},
     // qkv [B,N,3D] → out [B,N,D]; dtype: 0 float32 (default), 1 bf16 compute (qkv handed over
-    // in bf16, rounded here, as the model stores it).
+    // in bf16, rounded here, as the model stores it); bf16_grad: 1 asks for d_qkv in bf16.
     {"attention", [](Context& c) {
        const int64_t B = c.i("B"), N = c.i("N"), H = c.i("H"), Dh = c.i("Dh"), D = H * Dh;
        const DType dtype = c.i("dtype") == 1 ? DType::kBF16 : DType::kF32;
@@ -225,8 +225,15 @@ const std::map<std::string, OpFn>& registry() {
        if (!c.dout) return Status::Ok();
        RA_RETURN_IF_ERROR(c.grad_of("out", B * N * D));
        RA_RETURN_IF_ERROR(c.zeros("d_qkv", B * N * 3 * D));
-       RA_RETURN_IF_ERROR(c.be.attention_backward(c.buf["dy_out"], qkv, c.buf["saved"],
-                                                  c.buf["d_qkv"], B, N, H, Dh, dtype));
+       if (c.i("bf16_grad")) {  // d_qkv returned in bf16 (bf16 compute), widened here
+         RA_RETURN_IF_ERROR(c.zeros("d_qkv16", (B * N * 3 * D + 1) / 2));
+         RA_RETURN_IF_ERROR(c.be.attention_backward(c.buf["dy_out"], qkv, c.buf["saved"], nullptr,
+                                                    reinterpret_cast<uint16_t*>(c.buf["d_qkv16"]), B, N, H,
+                                                    Dh, dtype));
+         return c.buf.get_bf16("d_qkv16", B * N * 3 * D, "d_qkv", c.out);
+       }
+       RA_RETURN_IF_ERROR(c.be.attention_backward(c.buf["dy_out"], qkv, c.buf["saved"], c.buf["d_qkv"], nullptr,
+                                                  B, N, H, Dh, dtype));
        return c.get({"d_qkv"});
      }},
     {"adapter", [](Context& c) {  // x [M,D], A [R,D], a [R], Bw [D,R/G], b [D] → y [M,D]

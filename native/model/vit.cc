@@ -721,10 +721,21 @@ Status ViT::backward_compute(const Target& target) {
       d_branch = d_branch_;
     }
     RA_RETURN_IF_ERROR(linear_backward(backend_, d_branch, s.o, M, ref(k.proj), d_o_));
-    RA_RETURN_IF_ERROR(backend_.attention_backward(d_o_, s.qkv, s.attn_saved, d_wide_, B, N, c.heads, c.head_dim(),
-                                                     compute_dtype_));
-    RA_RETURN_IF_ERROR(norm_output(k.norm1, s.x_in, s.a1, k.adapter_attn.A != nullptr));
-    RA_RETURN_IF_ERROR(linear_backward(backend_, d_wide_, k.adapter_attn.A ? s.u1 : s.a1, M, ref(k.qkv), d_u_));
+    // In bf16 compute with qkv frozen, attention's input gradient comes rounded to bf16, which
+    // the qkv product's rounding of its operand would do anyway.
+    const float* qkv_in = k.adapter_attn.A ? s.u1 : s.a1;
+    if (compute_dtype_ == DType::kBF16 && !k.qkv.w->trainable) {
+      uint16_t* d_qkv16 = reinterpret_cast<uint16_t*>(d_wide_);
+      RA_RETURN_IF_ERROR(backend_.attention_backward(d_o_, s.qkv, s.attn_saved, nullptr, d_qkv16, B, N, c.heads,
+                                                     c.head_dim(), compute_dtype_));
+      RA_RETURN_IF_ERROR(norm_output(k.norm1, s.x_in, s.a1, k.adapter_attn.A != nullptr));
+      RA_RETURN_IF_ERROR(linear_backward(backend_, nullptr, qkv_in, M, ref(k.qkv), d_u_, 0.0f, {d_qkv16, nullptr}));
+    } else {
+      RA_RETURN_IF_ERROR(backend_.attention_backward(d_o_, s.qkv, s.attn_saved, d_wide_, nullptr, B, N, c.heads,
+                                                     c.head_dim(), compute_dtype_));
+      RA_RETURN_IF_ERROR(norm_output(k.norm1, s.x_in, s.a1, k.adapter_attn.A != nullptr));
+      RA_RETURN_IF_ERROR(linear_backward(backend_, d_wide_, qkv_in, M, ref(k.qkv), d_u_));
+    }
     if (k.adapter_attn.A)
       RA_RETURN_IF_ERROR(adapter_backward(backend_, ref(k.adapter_attn), s.a1, s.z1, d_u_, d_z_, M, true, dropout_draw(i, 0)));
     RA_RETURN_IF_ERROR(backend_.layernorm_backward(d_u_, D, s.x_in, D, k.norm1.w->data, s.mean1, s.rstd1,

@@ -23,6 +23,7 @@
 #include <cstring>
 #include <functional>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 struct EmuDim { unsigned x = 1, y = 1, z = 1; };
@@ -203,9 +204,10 @@ void emu_forward(const void* qkv, float* out, float* saved, int64_t B, int64_t N
   emu::launch(static_cast<unsigned>(B * H * tiles), flash::kThreads,
               [&] { flash::forward_kernel<Dh>(q32, out, lse, oc, N, H, tiles, scale); });
 }
-// given_delta (optional): D [B,H,N] to use instead of row_dot_kernel's.
-template <int Dh>
-void emu_backward(const float* d_out, const void* qkv, const float* saved, float* d_qkv,
+// given_delta (optional): D [B,H,N] to use instead of row_dot_kernel's. G: d_qkv's type (bf16
+// only from the tensor-core kernels).
+template <int Dh, typename G = float>
+void emu_backward(const float* d_out, const void* qkv, const float* saved, G* d_qkv,
                   int64_t B, int64_t N, int64_t H, float scale, DType compute,
                   const std::vector<float>* given_delta = nullptr) {
   std::vector<float> delta(B * H * N, NAN);
@@ -228,6 +230,7 @@ void emu_backward(const float* d_out, const void* qkv, const float* saved, float
     });
     return;
   }
+  if constexpr (std::is_same<G, float>::value) {
   const float* q32 = static_cast<const float*>(qkv);
   emu::launch(rb, 256, [&] { flash::row_dot_kernel<Dh>(d_out, o, delta.data(), N, H, rows); });
   const int64_t tiles = (N + flash::kTile - 1) / flash::kTile;
@@ -237,6 +240,7 @@ void emu_backward(const float* d_out, const void* qkv, const float* saved, float
   emu::launch(static_cast<unsigned>(B * H * tiles), flash::kThreads, [&] {
     flash::backward_q_kernel<Dh>(q32, d_out, lse, delta.data(), d_qkv, N, H, tiles, scale);
   });
+  }
 }
 
 // float64 naive reference of cpu/attention.cc's definition for `compute`: in bf16, the inputs,
@@ -433,7 +437,7 @@ int main(int argc, char** argv) {
       // CPU backend.
       std::vector<float> c_out(B * N * D), c_probs(B * H * N * N), c_dq(B * N * 3 * D);
       Status st = cpu.attention_forward(given, c_out.data(), c_probs.data(), B, N, H, Dh, compute);
-      if (st.ok()) st = cpu.attention_backward(dout.data(), given, c_probs.data(), c_dq.data(), B, N, H, Dh, compute);
+      if (st.ok()) st = cpu.attention_backward(dout.data(), given, c_probs.data(), c_dq.data(), nullptr, B, N, H, Dh, compute);
       if (!st.ok()) { std::printf("cpu failed: %s\n", st.message().c_str()); return 1; }
       const double e_out = rel(c_out, out), e_inf = rel(c_out, out_inf), e_dq = rel(c_dq, dq);
       const double e_copy = rel(out, std::vector<float>(saved.begin() + B * H * N, saved.end()));
@@ -448,8 +452,17 @@ int main(int argc, char** argv) {
       } else {
         const Reference rk = reference(qkv, dout, B, N, H, Dh, compute, flash_bf16::kForwardKeys);
         const double x_fwd = excess(rk.out, rk.out_slack, out), x_bwd = excess(r.dqkv, r.dqkv_slack, dq_given);
+        // d_qkv stored in bf16 (for a frozen qkv Linear): each element the float32 one rounded.
+        std::vector<uint16_t> dq16(dq.size(), 0x7fc0);
+        if (Dh == 32)
+          emu_backward<32, uint16_t>(dout.data(), given, saved.data(), dq16.data(), B, N, H, scale, compute);
+        else
+          emu_backward<64, uint16_t>(dout.data(), given, saved.data(), dq16.data(), B, N, H, scale, compute);
+        int64_t unequal = 0;
+        for (size_t i = 0; i < dq.size(); ++i) unequal += dq16[i] != bf16_from_float(dq[i]);
+        std::printf(" | bf16 d_qkv ≠ rounded float32: %lld", (long long)unequal);
         ok = ok && e_out <= kEndToEnd && e_inf <= kEndToEnd && e_dq <= kEndToEnd && x_fwd <= kExact &&
-             x_bwd <= kExact;
+             x_bwd <= kExact && unequal == 0;
         std::printf(" | vs f64 beyond slack (%lld, %lld terms): forward %.2e, backward given D %.2e; cpu out %.2e "
                     "dqkv %.2e", (long long)rk.ambiguous, (long long)r.ambiguous, x_fwd, x_bwd,
                     excess(r.out, r.out_slack, c_out), excess(r.dqkv, r.dqkv_slack, c_dq));

@@ -117,10 +117,11 @@ class PoisonBackend final : public Backend {
     return inner_.attention_forward(qkv, out, saved, B, N, H, Dh, compute);
   }
   Status attention_backward(const float* d_out, const void* qkv, const float* saved,
-                            float* d_qkv, int64_t B, int64_t N, int64_t H, int64_t Dh,
-                            DType compute) override {
-    RA_RETURN_IF_ERROR(poison(d_qkv, B * N * 3 * H * Dh));
-    return inner_.attention_backward(d_out, qkv, saved, d_qkv, B, N, H, Dh, compute);
+                            float* d_qkv, uint16_t* d_qkv_bf16, int64_t B, int64_t N, int64_t H,
+                            int64_t Dh, DType compute) override {
+    if (d_qkv) RA_RETURN_IF_ERROR(poison(d_qkv, B * N * 3 * H * Dh));
+    if (d_qkv_bf16) RA_RETURN_IF_ERROR(poison_bf16(d_qkv_bf16, B * N * 3 * H * Dh));
+    return inner_.attention_backward(d_out, qkv, saved, d_qkv, d_qkv_bf16, B, N, H, Dh, compute);
   }
 
   Status dropout_forward(float* z, int64_t n, float p, uint64_t seed, const uint64_t* step_key,
