@@ -17,22 +17,7 @@
 import test from 'ava';
 
 import { native } from '../lib/native.js';
-import { randn, relErr, rng } from './util.js';
-
-const f32 = new Float32Array(1);
-const u32 = new Uint32Array(f32.buffer);
-
-/** x rounded to bf16 (nearest, ties to even), widened back; x must be a float32 value. */
-function bf16(x: number): number {
-  f32[0] = x;
-  const u = u32[0];
-  if ((u & 0x7fffffff) > 0x7f800000) return x;  // NaN
-  const lower = u & 0xffff;
-  let upper = u >>> 16;
-  if (lower > 0x8000 || (lower === 0x8000 && (upper & 1) === 1)) upper += 1;
-  u32[0] = (upper << 16) >>> 0;
-  return f32[0];
-}
+import { bf16Round as bf16, randn, relErr, rng } from './util.js';
 
 /**
  * A float64 value v rounded to bf16 as float32 code would round its own value, which may sit up to

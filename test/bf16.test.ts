@@ -3,7 +3,7 @@
  * float32 masters through every way they change.
  *
  * The reference for one Linear is its definition: both operands rounded to bf16 (round to
- * nearest, ties to even — written again here, independently of the native code), products summed
+ * nearest, ties to even — written again in test/util.ts, independently of the native code), products summed
  * in float64 here and in float32 there. On a CPU without bf16 dot products the native side
  * emulates exactly that; with them, oneDNN's bf16 matmul does; the tolerances hold for both.
  */
@@ -12,22 +12,7 @@ import test from 'ava';
 import { ConfigError, Tensor, ViT, optim } from '../lib/index.js';
 import { native } from '../lib/native.js';
 import { images } from './helpers/tiny.js';
-import { randn, randomise, relErr, rng } from './util.js';
-
-const f32 = new Float32Array(1);
-const u32 = new Uint32Array(f32.buffer);
-
-/** x rounded to bf16 and widened back to float32. */
-function bf16(x: number): number {
-  f32[0] = x;
-  const u = u32[0];
-  if ((u & 0x7fffffff) > 0x7f800000) return x;  // NaN
-  const lower = u & 0xffff;
-  let upper = u >>> 16;
-  if (lower > 0x8000 || (lower === 0x8000 && (upper & 1) === 1)) upper += 1;
-  u32[0] = (upper << 16) >>> 0;
-  return f32[0];
-}
+import { bf16Round as bf16, randn, randomise, relErr, rng } from './util.js';
 
 /** y [M, O] = a [M, K] · bᵀ (b [O, K]) + bias, in float64. */
 function matmulT(a: ArrayLike<number>, b: ArrayLike<number>, M: number, K: number, O: number, bias?: ArrayLike<number>): Float64Array {
