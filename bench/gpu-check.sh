@@ -197,10 +197,10 @@ fi
 
 # ---- benchmark: ours beside PyTorch ----------------------------------------------------------
 # Estimates for an H200 (nothing here has been timed on a GPU yet):
-#   cuda_bench     ~45 s: three ViT-B/16 models made on the host (~3 s each); 8 training rows at
-#                  batch 64 (eager and graphed; bf16 ~15–25 ms a step, float32 without TF32 ~10×
-#                  that) and 8 inference rows at batch 256; each row 2 warm-up steps, then up to
-#                  20 steps or 2 s (at least 3). Limit 120 s.
+#   cuda_bench     ~55 s: three ViT-B/16 models made on the host (~3 s each); 12 training rows
+#                  at batch 64 (eager, graphed, graphed with recomputation; bf16 ~15–25 ms a
+#                  step, float32 without TF32 ~10× that) and 8 inference rows at batch 256; each
+#                  row 2 warm-up steps, then up to 20 steps or 2 s (at least 3). Limit 120 s.
 #   eager          ~45 s: one process (torch + timm import, a bf16 matrix-product ceiling), the
 #                  same 10 rows, 2 warm-up + 8 timed steps each. Limit 120 s.
 #   torch.compile  ~60–130 s: two rows (training attn bf16, folded inference bf16), a process

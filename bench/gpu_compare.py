@@ -92,8 +92,9 @@ def compare(ours, eager, compiled, name, peak):
     theirs, comp = rows_by_id(eager), rows_by_id(compiled)
     rows = []
     for r in ours.get("rows", []):
-        # A "-graph" row is the same step replayed as a CUDA graph: PyTorch's row is the same.
-        torch_id = r["id"].replace("-graph/", "/", 1)
+        # "-graph" (replayed as a CUDA graph) and "-recompute" (GELU input recomputed in backward)
+        # rows do the same step: PyTorch's row is the same.
+        torch_id = r["id"].replace("-graph/", "/", 1).replace("-recompute/", "/", 1)
         e, c = theirs.get(torch_id), comp.get(torch_id)
         ips = r.get("imagesPerSec") if ok(r) else None
         no_upload = None

@@ -140,7 +140,11 @@ export interface NativeBatchResult {
 }
 
 export interface NativeAddon {
-  NativeViT: new (config: NativeConfig, seed: number, options?: { profile?: boolean; device?: 'cpu' | 'cuda' | 'auto'; cudaGraphs?: boolean }) => NativeViTHandle;
+  NativeViT: new (
+    config: NativeConfig,
+    seed: number,
+    options?: { profile?: boolean; device?: 'cpu' | 'cuda' | 'auto'; cudaGraphs?: boolean; recomputeMlp?: boolean },
+  ) => NativeViTHandle;
   NativeTensor: new (data: Float32Array, shape: number[]) => NativeTensorHandle;
   runOp(
     name: string,

@@ -116,3 +116,27 @@ test('trainStep refuses accumulation, eval mode and bad labels, changing nothing
   const short = Int32Array.from({ length: B - 1 }, () => 0);
   await t.throwsAsync(opt.trainStep(images, { labels: short }), { message: /expected 6 labels/ });
 });
+
+test('recomputeMlp: backward recomputes GELU\'s input and gives the same numbers, float32 and bf16, adapters and all', async (t) => {
+  for (const dtype of ['float32', 'bf16'] as const)
+    for (const mode of ['adapters', 'all'] as const) {
+      const make = (recomputeMlp: boolean) => {
+        const m = ViT.create(CONFIG, { seed: 3, dtype, recomputeMlp });
+        randomise(m, 11);
+        m.setTrainable(mode);
+        return m.train();
+      };
+      using kept = make(false);
+      using recomputed = make(true);
+      const optA = optim.adamw({ lr: 1e-2 }).attach(kept);
+      const optB = optim.adamw({ lr: 1e-2 }).attach(recomputed);
+      for (const { images, target } of batches(2, false)) {
+        using _ = images;
+        const [a, b] = [await optA.trainStep(images, target), await optB.trainStep(images, target)];
+        a.logits.dispose();
+        b.logits.dispose();
+        t.is(b.loss, a.loss, `${dtype} ${mode}: loss`);
+      }
+      for (const [name, values] of trainable(kept)) t.deepEqual(recomputed.param(name), values, `${dtype} ${mode}: ${name}`);
+    }
+});

@@ -387,6 +387,12 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
     float* shared_g = mlp_bf16 ? nullptr : take(M * F);
     uint16_t* shared_h16 = mlp_bf16 && !keep ? take_bf16(M * F) : nullptr;
     uint16_t* shared_g16 = mlp_bf16 && keep ? take_bf16(M * F) : nullptr;
+    // set_recompute_mlp: backward recomputes GELU's input, so every block shares one buffer for
+    // it (bf16 in bf16 compute), plus a float32 one where fc1 writes float32.
+    const bool recompute = keep && recompute_mlp_;
+    const bool bf16 = compute_dtype_ == DType::kBF16;
+    uint16_t* shared_recomputed16 = recompute && bf16 ? take_bf16(M * F) : nullptr;
+    recompute_fc1_out_ = recompute && !mlp_bf16 ? take(M * F) : nullptr;
     branch_ = drop_path ? take(M * D) : nullptr;  // a branch's output before stochastic depth
     keep_scales_ = drop_path ? take(c.depth * 2 * B) : nullptr;
     saved_.assign(c.depth, Saved());
@@ -414,9 +420,9 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
       // GELU's input for backward: float32, or in bf16 compute a bf16 copy (as PyTorch's autocast
       // keeps fc1's output) — the largest kept tensor at half the bytes. Without backward, GELU
       // runs in place in s.g.
-      const bool h_in_bf16 = keep && compute_dtype_ == DType::kBF16;
-      s.h = keep && !h_in_bf16 ? take(M * F) : nullptr;
-      s.h_bf16 = h_in_bf16 ? take_bf16(M * F) : shared_h16;
+      const bool h_in_bf16 = keep && bf16;
+      s.h = keep && !h_in_bf16 ? (recompute ? recompute_fc1_out_ : take(M * F)) : nullptr;
+      s.h_bf16 = h_in_bf16 ? (recompute ? shared_recomputed16 : take_bf16(M * F)) : shared_h16;
       s.g = keep && all ? take(M * F) : shared_g;
       s.g_bf16 = mlp_bf16 ? (keep ? shared_g16 : shared_h16) : nullptr;  // eval: GELU in place
       const bool dp = train && drop_path_rate(c, i) > 0;
@@ -499,6 +505,14 @@ Status ViT::forward(const float* images_host, int64_t B, bool train, bool want_i
   have_input_grad_ = false;
   last_B_ = B;
   return Status::Ok();
+}
+
+void ViT::set_recompute_mlp(bool on) {
+  if (on == recompute_mlp_) return;
+  recompute_mlp_ = on;
+  plan_ = Plan();  // what backward keeps changes
+  have_forward_ = false;
+  drop_graph();
 }
 
 void ViT::set_graphs(bool on) {
@@ -632,6 +646,29 @@ Status ViT::forward_compute(int64_t B, bool train) {
 
 // ---- backward --------------------------------------------------------------------------------
 
+// Block i's GELU input again, as forward computed it (set_recompute_mlp): the norm output, or the
+// adapter's with the same dropout draw, then fc1 — into the buffers backward reads it from.
+Status ViT::recompute_gelu_input(int64_t i, int64_t M) {
+  const ViTConfig& c = config_;
+  const Block& k = blocks_[i];
+  const Saved& s = saved_[i];
+  const int64_t D = c.width, F = c.mlp_hidden;
+  const float* fc1_in = s.a2;
+  if (k.adapter_mlp.A) {
+    RA_RETURN_IF_ERROR(layernorm_adapter_forward(backend_, s.x_mid, D, k.norm2.w->data, k.norm2.b->data, c.ln_eps,
+                                                 ref(k.adapter_mlp), nullptr, s.z2, s.u2, nullptr, nullptr, M,
+                                                 true, dropout_draw(i, 1)));
+    fc1_in = s.u2;
+  } else {
+    RA_RETURN_IF_ERROR(backend_.layernorm_forward(s.x_mid, D, k.norm2.w->data, k.norm2.b->data, s.a2, D,
+                                                  nullptr, nullptr, M, D, c.ln_eps));
+  }
+  if (s.g_bf16) return linear_forward(backend_, fc1_in, M, ref(k.fc1), nullptr, 0.0f, {nullptr, s.h_bf16});
+  RA_RETURN_IF_ERROR(linear_forward(backend_, fc1_in, M, ref(k.fc1), recompute_fc1_out_));
+  if (s.h_bf16) return backend_.convert_to_bf16(recompute_fc1_out_, s.h_bf16, M * F);
+  return Status::Ok();
+}
+
 // Checked on the host: a recorded step cannot report a bad label from the device.
 Status ViT::check_target(const Target& target, int64_t B) const {
   const int64_t C = config_.num_classes;
@@ -694,6 +731,7 @@ Status ViT::backward_compute(const Target& target) {
       d_branch = d_branch_;
     }
     const float* fc1_in = k.adapter_mlp.A ? s.u2 : s.a2;
+    if (recompute_mlp_) RA_RETURN_IF_ERROR(recompute_gelu_input(i, M));
     if (s.g_bf16) {
       // bf16 gradients through the frozen MLP, as the activations went (forward's GELU output
       // buffer holds them): fc2's input gradient, GELU's backward, fc1's input gradient.

@@ -179,7 +179,7 @@ class Model : public Napi::ObjectWrap<Model> {
     uint64_t seed = info.Length() > 1 && info[1].IsNumber()
                         ? static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value())
                         : 0;
-    // new NativeViT(config, seed, { device: 'cpu' | 'cuda' | 'auto', profile, cudaGraphs })
+    // new NativeViT(config, seed, { device: 'cpu' | 'cuda' | 'auto', profile, cudaGraphs, recomputeMlp })
     Napi::Object options = info.Length() > 2 && info[2].IsObject() ? info[2].As<Napi::Object>() : Napi::Object::New(env);
     const std::string device = get_string(options, "device", "cpu");
     Backend* backend = &cpu_backend();
@@ -197,8 +197,10 @@ class Model : public Napi::ObjectWrap<Model> {
       backend = profiler_.get();
     }
     throw_if_error(env, computed(env, [&] { return ViT::Create(*backend, config, seed, &model_); }));
-    // cudaGraphs: eval forwards replay a recorded CUDA graph (ViT::set_graphs).
+    // cudaGraphs: eval forwards and training steps replay recorded CUDA graphs (ViT::set_graphs).
     model_->set_graphs(options.Get("cudaGraphs").ToBoolean());
+    // recomputeMlp: backward recomputes GELU's input instead of keeping it (ViT::set_recompute_mlp).
+    model_->set_recompute_mlp(options.Get("recomputeMlp").ToBoolean());
   }
 
  private:

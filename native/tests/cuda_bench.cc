@@ -20,6 +20,8 @@
 //       (bench/pytorch_bench.py's).
 //   repadapter-attn-graph, repadapter-block-graph   the same steps replayed as one CUDA graph
 //       each (ViT::set_graphs); bench/gpu_compare.py sets them beside the same PyTorch rows.
+//   repadapter-attn-recompute-graph, …   graphed, with backward recomputing each block's GELU
+//       input instead of keeping it (ViT::set_recompute_mlp): less memory, one more fc1 product.
 //   infer-plain            inference forward at --infer-batch, a ViT without adapters
 //   infer-unfolded-attn    the attn model (after its training rows) with its adapters in place
 //   infer-folded           the same model after fold(): a plain ViT again
@@ -390,8 +392,11 @@ class Bench {
   // One ViT::train_step per timed step (what Optimizer.trainStep and the Trainer call); with
   // graphs, the step is recorded at the second call and replayed from then on (both in warm-up).
   void train_rows(ViT& m, const std::string& method, const std::string& placement, DType d) {
-    for (bool graphs : {false, true}) {
-      const std::string name = method + (graphs ? "-graph" : "");
+    // Eager, graphed, and graphed with the GELU input recomputed in backward (less memory).
+    for (int variant = 0; variant < 3; ++variant) {
+      const bool graphs = variant > 0, recompute = variant == 2;
+      const std::string name = method + (recompute ? "-recompute" : "") + (graphs ? "-graph" : "");
+      m.set_recompute_mlp(recompute);
       Row r = new_row(name, "train", placement, d, o_.batch);
       r.upload_ms = upload_train_ms_;
       Status st = m.set_compute_dtype(d);
@@ -410,6 +415,9 @@ class Bench {
         return Status::Ok();
       });
       m.set_graphs(false);
+      m.set_recompute_mlp(false);
+      // Recomputation adds one fc1 product per block to the work; the row's FLOPs stay the
+      // model's (what a step must do), so its TFLOP/s is comparable across rows.
       finish(r, count_flops(m.config(), m.config().adapter.placement).train);
     }
   }

@@ -10,9 +10,9 @@
 //   step 1: training forward (dropout and drop path on) + backward: logits, loss, every
 //           trainable gradient, the image gradient, Σ grad²;
 //   AdamW step on both, then step 2 (new dropout masks, updated weights): the same comparisons;
-//   N whole steps (ViT::train_step, --fused-steps, default 4) on fresh models, eagerly and as
-//   CUDA graphs (run, record, replay…): the graphed steps equal to the eager ones bit for bit,
-//   and CUDA's to the CPU's; eval forward; fold; eval forward of the folded model (against
+//   N whole steps (ViT::train_step, --fused-steps, default 4) on fresh models, eagerly, as CUDA
+//   graphs (run, record, replay…) and as graphs recomputing the GELU input in backward: both
+//   equal to the eager steps bit for bit, and CUDA's to the CPU's; eval forward; fold; eval forward of the folded model (against
 //   CUDA's and against the unfolded logits of the same backend), and replayed as a graph.
 // Both backends are wrapped in PoisonBackend (outputs an op overwrites are NaN first).
 // Metric per tensor: max |cuda − cpu| / max |cpu| ≤ tol (check_util.h).
@@ -217,18 +217,23 @@ void fused_steps(Backend& cuda, const ViTConfig& config, int64_t B, const std::v
                  const std::vector<int32_t>& labels, int steps, const std::string& name, Checker* check) {
   if (steps <= 0) return;
   Backend* backends[2] = {&cpu_backend(), &cuda};
-  std::vector<float> losses[2][2], params[2][2];  // [side][graphs]
-  // The CPU records no graphs (its "graphed" steps are eager ones, test/train-step.test.ts), so
-  // it runs once; --self-test's second "CUDA" CPU runs both ways like a GPU would.
+  // [side][variant]: 0 eager, 1 graphed, 2 graphed with the GELU input recomputed in backward.
+  std::vector<float> losses[2][3], params[2][3];
+  // The CPU records no graphs (its "graphed" steps are eager ones, test/train-step.test.ts, which
+  // also checks recomputation there), so it runs once; --self-test's second "CUDA" CPU runs every
+  // variant like a GPU would.
   for (int i = 0; i < 2; ++i)
-    for (int graphs = 0; graphs < (i == 0 ? 1 : 2); ++graphs) {
-      const std::string tag = name + (graphs ? " train_step graphed" : " train_step eager") + (i ? " cuda" : " cpu");
+    for (int variant = 0; variant < (i == 0 ? 1 : 3); ++variant) {
+      const bool graphs = variant > 0;
+      const std::string tag = name + (variant == 2 ? " train_step graphed+recompute" : graphs ? " train_step graphed" : " train_step eager") +
+                              (i ? " cuda" : " cpu");
       PoisonBackend be(*backends[i]);
       std::unique_ptr<ViT> m;
       Status st = ViT::Create(be, config, 2024, &m);
       if (st.ok()) st = m->set_compute_dtype(check->dtype());
       if (!st.ok()) return check->fail(tag, st);
-      m->set_graphs(graphs != 0);
+      m->set_graphs(graphs);
+      m->set_recompute_mlp(variant == 2);
       Target target;
       target.labels = labels.data();
       target.smoothing = 0.1f;
@@ -243,19 +248,21 @@ void fused_steps(Backend& cuda, const ViTConfig& config, int64_t B, const std::v
         float loss = 0;
         double norm = 0;
         st = m->train_step(images.data(), B, target, update, &loss, nullptr, &norm);
-        losses[i][graphs].push_back(loss);
-        losses[i][graphs].push_back(static_cast<float>(norm));
+        losses[i][variant].push_back(loss);
+        losses[i][variant].push_back(static_cast<float>(norm));
       }
       for (const Param& p : m->params()) {
         if (!st.ok() || !p.trainable) continue;
         std::vector<float> v;
         st = download_param(*m, p, false, &v);
-        params[i][graphs].insert(params[i][graphs].end(), v.begin(), v.end());
+        params[i][variant].insert(params[i][variant].end(), v.begin(), v.end());
       }
       if (!st.ok()) return check->fail(tag, st);
     }
   check->add(compare("model", name + " train_step graphed≡eager cuda", "loss, norm", losses[1][0], losses[1][1], 0.0));
   check->add(compare("model", name + " train_step graphed≡eager cuda", "params", params[1][0], params[1][1], 0.0));
+  check->add(compare("model", name + " train_step recompute≡eager cuda", "loss, norm", losses[1][0], losses[1][2], 0.0));
+  check->add(compare("model", name + " train_step recompute≡eager cuda", "params", params[1][0], params[1][2], 0.0));
   const std::string tag = name + " train_step ×" + std::to_string(steps);
   check->add(compare("model", tag, "loss, norm", losses[0][0], losses[1][0], check->grad_tol()));
   check->add(compare("model", tag, "params", params[0][0], params[1][0], check->grad_tol()));
