@@ -86,6 +86,8 @@ Model
   --device <cpu|cuda|auto>  where to compute (default cpu)
   --dtype <float32|bf16>  precision of the backbone's Linears (default float32); bf16 is fast on
                           GPUs and CPUs with avx512_bf16 or AMX, emulated (slower) elsewhere
+  --cuda-graphs           on CUDA, replay each training step (and eval forward) as one graph
+  --recompute-mlp         recompute each block's GELU input in backward: less memory, ~15% more work
 Optimisation
   --epochs <n> (100)  --batch <n> (64)  --lr <x> (1e-3)  --weight-decay <x> (1e-4)
   --warmup <epochs> (10)  --lr-min <x> (1e-5)  --warmup-lr <x> (1e-6)
@@ -228,6 +230,7 @@ async function train(argv: string[]): Promise<number> {
     'label-smoothing': { type: 'string' }, mixup: { type: 'string' }, cutmix: { type: 'string' },
     flip: { type: 'boolean' }, crop: { type: 'boolean' }, 'eval-every': { type: 'string' }, seed: { type: 'string' },
     'clip-grad': { type: 'string' }, out: { type: 'string' }, resume: { type: 'boolean' },
+    'cuda-graphs': { type: 'boolean' }, 'recompute-mlp': { type: 'boolean' },
   });
   if (values.help) return help('train');
   need(values, 'data', 'train');
@@ -252,7 +255,12 @@ async function train(argv: string[]): Promise<number> {
         ? { placement, hidden: int(values, 'hidden', 8), groups: int(values, 'groups', 2), scale, dropout: num(values, 'dropout', 0.1) }
         : null,
     },
-    { seed: int(values, 'seed', 0), ...runtime(values) },
+    {
+      seed: int(values, 'seed', 0),
+      ...runtime(values),
+      cudaGraphs: Boolean(values['cuda-graphs']),
+      recomputeMlp: Boolean(values['recompute-mlp']),
+    },
   );
   warnIfEmulated(model);
   let baseFingerprint: string | null = null;

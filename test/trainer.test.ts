@@ -134,7 +134,7 @@ test('the CLI trains on an ImageFolder, writes log, plot, checkpoints and an ada
     await backbone.save(base);
     const config = JSON.stringify({ ...CONFIG, numClasses: undefined });
     const code = await cli(['train', '--data', data, '--eval-data', data, '--config', config, '--pretrained', base,
-      '--epochs', '2', '--warmup', '1', '--batch', '10', '--eval-every', '1', '--out', out]);
+      '--epochs', '2', '--warmup', '1', '--batch', '10', '--eval-every', '1', '--out', out, '--recompute-mlp', '--cuda-graphs']);
     t.is(code, 0);
     const files = await readdir(out);
     for (const f of ['log.jsonl', 'plot.svg', 'checkpoints', 'task.adapters.safetensors']) t.true(files.includes(f), f);
