@@ -72,12 +72,14 @@ test('a model with bf16 MLP activations stays near float32, and the activations 
   t.true(relErr(bf16.toArray(), bf16Wide.toArray()) < 3e-2);
 });
 
-test('attention can hand its input gradient over in bf16: the float32 one, rounded, bit for bit', (t) => {
+test('attention can hand its output and its input gradient over in bf16: the float32 ones, rounded, bit for bit', (t) => {
   const random = rng(21);
   const [B, N, H, Dh] = [2, 70, 2, 8];
   const qkv = randn(random, B * N * 3 * H * Dh), dout = randn(random, B * N * H * Dh);
-  const wide = native.runOp('attention', { B, N, H, Dh, dtype: 1 }, { qkv }, { out: dout }).d_qkv;
-  const narrow = native.runOp('attention', { B, N, H, Dh, dtype: 1, bf16_grad: 1 }, { qkv }, { out: dout }).d_qkv;
-  t.deepEqual(narrow, wide.map(bf16Round));
-  t.notDeepEqual(narrow, wide);
+  const wide = native.runOp('attention', { B, N, H, Dh, dtype: 1 }, { qkv }, { out: dout });
+  const narrow = native.runOp('attention', { B, N, H, Dh, dtype: 1, bf16_out: 1, bf16_grad: 1 }, { qkv }, { out: dout });
+  t.deepEqual(narrow.out, wide.out.map(bf16Round));
+  t.deepEqual(narrow.d_qkv, wide.d_qkv.map(bf16Round));
+  t.notDeepEqual(narrow.out, wide.out);
+  t.notDeepEqual(narrow.d_qkv, wide.d_qkv);
 });

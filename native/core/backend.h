@@ -171,8 +171,11 @@ class Backend {
   // the operands the definition rounds anyway, at half the bytes. out, d_out, d_qkv are float32.
   virtual int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh,
                                          DType compute) const = 0;
-  virtual Status attention_forward(const void* qkv, float* out, float* saved, int64_t B,
-                                   int64_t N, int64_t H, int64_t Dh, DType compute) = 0;
+  // In kBF16, out_bf16 may replace out (then null): out rounded to bf16, for a frozen proj
+  // Linear, whose product rounds its operand to bf16 anyway.
+  virtual Status attention_forward(const void* qkv, float* out, uint16_t* out_bf16, float* saved,
+                                   int64_t B, int64_t N, int64_t H, int64_t Dh,
+                                   DType compute) = 0;
   // d_qkv [B,N,3D] from d_out [B,N,D] (overwrites). In kBF16, d_qkv_bf16 may replace d_qkv
   // (then null): the same gradient rounded to bf16, for a frozen qkv Linear, whose input-gradient
   // product rounds its operand to bf16 anyway — half the bytes, and no rounding copy there.

@@ -83,10 +83,10 @@ class ProfilingBackend final : public Backend {
   int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh, DType compute) const override {
     return inner_.attention_saved_floats(B, N, H, Dh, compute);
   }
-  Status attention_forward(const void* qkv, float* out, float* saved, int64_t B, int64_t N, int64_t H,
-                           int64_t Dh, DType compute) override {
+  Status attention_forward(const void* qkv, float* out, uint16_t* out_bf16, float* saved, int64_t B, int64_t N,
+                           int64_t H, int64_t Dh, DType compute) override {
     return time("attention_forward", 4.0 * B * H * N * N * Dh,
-                [&] { return inner_.attention_forward(qkv, out, saved, B, N, H, Dh, compute); });
+                [&] { return inner_.attention_forward(qkv, out, out_bf16, saved, B, N, H, Dh, compute); });
   }
   Status attention_backward(const float* d_out, const void* qkv, const float* saved, float* d_qkv,
                             uint16_t* d_qkv_bf16, int64_t B, int64_t N, int64_t H, int64_t Dh,

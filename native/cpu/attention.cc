@@ -258,31 +258,41 @@ Status query_key_grads(CpuBackend& be, const float* ds, const HeadInputs& in, fl
 
 }  // namespace
 
-Status CpuBackend::attention_forward(const void* qkv, float* out, float* probs, int64_t B,
-                                     int64_t N, int64_t H, int64_t Dh, DType compute) {
+Status CpuBackend::attention_forward(const void* qkv, float* out, uint16_t* out_bf16, float* probs,
+                                     int64_t B, int64_t N, int64_t H, int64_t Dh, DType compute) {
   const int64_t D = H * Dh, ld = 3 * D;
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
   const bool bf16 = compute == DType::kBF16;
+  if ((out == nullptr) == (out_bf16 == nullptr) || (out_bf16 && !bf16))
+    return InvalidArgument("attention_forward: exactly one of out and (in bf16 compute) out_bf16");
   Status status;
 #pragma omp parallel
   {
-    thread_local std::vector<float> local, rounded, weights, sums;
+    thread_local std::vector<float> local, rounded, weights, sums, head_out;
     if (!probs && static_cast<int64_t>(local.size()) < N * N) local.resize(N * N);
     if (bf16 && static_cast<int64_t>(weights.size()) < N * N) weights.resize(N * N);
     if (bf16 && static_cast<int64_t>(sums.size()) < N) sums.resize(N);
+    // A bf16 out: each head's output in float32 first ([N, Dh]), then rounded into place.
+    if (out_bf16 && static_cast<int64_t>(head_out.size()) < N * Dh) head_out.resize(N * Dh);
 #pragma omp for collapse(2) schedule(dynamic)
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < H; ++h) {
         const HeadInputs in =
             head_inputs(qkv, b * N * ld + h * Dh, ld, nullptr, 0, D, N, Dh, compute, &rounded);
         float* s = probs ? probs + (b * H + h) * N * N : local.data();
-        float* o = out + b * N * D + h * Dh;  // [N, Dh], rows D apart
+        // [N, Dh], rows ldo apart: in out, or in the head's float32 output
+        const int64_t ldo = out ? D : Dh;
+        float* o = out ? out + b * N * D + h * Dh : head_out.data();
         Status st = scores(*this, in, s, N, Dh, scale);
         if (bf16) {
           softmax_rows(s, N, weights.data(), sums.data());
-          if (st.ok()) st = mix(*this, weights.data(), in, o, D, N, Dh);  // Σ_j bf16(e_ij) v̂_j
+          if (st.ok()) st = mix(*this, weights.data(), in, o, ldo, N, Dh);  // Σ_j bf16(e_ij) v̂_j
           for (int64_t i = 0; i < N; ++i)
-            for (int64_t d = 0; d < Dh; ++d) o[i * D + d] /= sums[i];
+            for (int64_t d = 0; d < Dh; ++d) o[i * ldo + d] /= sums[i];
+          if (out_bf16)
+            for (int64_t i = 0; i < N; ++i)
+              for (int64_t d = 0; d < Dh; ++d)
+                out_bf16[b * N * D + i * D + h * Dh + d] = bf16_from_float(o[i * Dh + d]);
         } else {
           softmax_rows(s, N);
           if (st.ok()) st = mix(*this, s, in, o, D, N, Dh);

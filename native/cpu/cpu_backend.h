@@ -52,8 +52,8 @@ class CpuBackend final : public Backend {
   int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t, DType) const override {
     return B * H * N * N;
   }
-  Status attention_forward(const void* qkv, float* out, float* probs, int64_t B, int64_t N,
-                           int64_t H, int64_t Dh, DType compute) override;
+  Status attention_forward(const void* qkv, float* out, uint16_t* out_bf16, float* probs,
+                           int64_t B, int64_t N, int64_t H, int64_t Dh, DType compute) override;
   Status attention_backward(const float* d_out, const void* qkv, const float* probs,
                             float* d_qkv, uint16_t* d_qkv_bf16, int64_t B, int64_t N, int64_t H,
                             int64_t Dh, DType compute) override;

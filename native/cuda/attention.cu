@@ -109,23 +109,28 @@ struct QkvView {
   const float* f32 = nullptr;
 };
 
-template <int Dh>
-Status fused_forward(CudaBackend& be, QkvView qkv, float* out, float* saved, int64_t B,
-                     int64_t N, int64_t H, float scale) {
+// out is float32, or bf16 (O = uint16_t) from the tensor-core kernel.
+template <int Dh, typename O>
+Status fused_forward(CudaBackend& be, QkvView qkv, O* out, float* saved, int64_t B, int64_t N,
+                     int64_t H, float scale) {
   float* lse = saved;
   float* o_copy = saved ? saved + B * H * N : nullptr;
   int64_t tiles = 0;
   unsigned blocks = 0;
   if (qkv.bf16) {
     RA_RETURN_IF_ERROR(fused_grid(B, N, H, flash_bf16::kBlockRows, &tiles, &blocks));
-    flash_bf16::forward_kernel<Dh><<<blocks, flash_bf16::kThreads, 0, be.stream()>>>(
+    flash_bf16::forward_kernel<Dh, O><<<blocks, flash_bf16::kThreads, 0, be.stream()>>>(
         qkv.bf16, out, lse, o_copy, N, H, tiles, scale);
     return be.launched("attention_forward (fused, bf16 tensor cores)");
   }
-  RA_RETURN_IF_ERROR(fused_grid(B, N, H, flash::kForwardRows, &tiles, &blocks));
-  flash::forward_kernel<Dh><<<blocks, flash::kThreads, 0, be.stream()>>>(qkv.f32, out, lse, o_copy,
-                                                                          N, H, tiles, scale);
-  return be.launched("attention_forward (fused)");
+  if constexpr (std::is_same<O, float>::value) {
+    RA_RETURN_IF_ERROR(fused_grid(B, N, H, flash::kForwardRows, &tiles, &blocks));
+    flash::forward_kernel<Dh><<<blocks, flash::kThreads, 0, be.stream()>>>(qkv.f32, out, lse,
+                                                                            o_copy, N, H, tiles, scale);
+    return be.launched("attention_forward (fused)");
+  } else {
+    return Internal("attention_forward: a bf16 out from the float32 kernels");
+  }
 }
 
 // d_qkv is float32, or bf16 (G = uint16_t) from the tensor-core kernels.
@@ -208,14 +213,27 @@ int64_t CudaBackend::attention_saved_floats(int64_t B, int64_t N, int64_t H, int
   return fused_head_width(Dh) ? B * H * N + B * N * H * Dh : B * H * N * N;
 }
 
-Status CudaBackend::attention_forward(const void* qkv, float* out, float* saved, int64_t B,
-                                      int64_t N, int64_t H, int64_t Dh, DType compute) {
+Status CudaBackend::attention_forward(const void* qkv, float* out, uint16_t* out_bf16,
+                                      float* saved, int64_t B, int64_t N, int64_t H, int64_t Dh,
+                                      DType compute) {
+  if ((out == nullptr) == (out_bf16 == nullptr) || (out_bf16 && compute != DType::kBF16))
+    return InvalidArgument("attention_forward: exactly one of out and (in bf16 compute) out_bf16");
   RA_CUDA_ENTRY();
   if (B <= 0 || N <= 0 || H <= 0 || Dh <= 0) return Status::Ok();
   const int64_t D = H * Dh, ld = 3 * D, NN = N * N;
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));  // the CPU's float expression
   QkvView view;
-  RA_RETURN_IF_ERROR(attention_qkv(*this, qkv, B * N * ld, Dh, compute, &view));
+  float* spare = nullptr;
+  RA_RETURN_IF_ERROR(attention_qkv(*this, qkv, B * N * ld, Dh, compute, &view, out_bf16 ? &spare : nullptr));
+  if (out_bf16 && view.bf16) {  // the tensor-core kernel rounds as it stores
+    if (Dh == 32) return fused_forward<32>(*this, view, out_bf16, saved, B, N, H, scale);
+    return fused_forward<64>(*this, view, out_bf16, saved, B, N, H, scale);
+  }
+  if (out_bf16) {
+    // The float32 paths into the spare buffer, then rounded: the same numbers, one more pass.
+    RA_RETURN_IF_ERROR(attention_forward(view.f32, spare, nullptr, saved, B, N, H, Dh, DType::kF32));
+    return convert_to_bf16(spare, out_bf16, B * N * D);
+  }
   if (Dh == 32) return fused_forward<32>(*this, view, out, saved, B, N, H, scale);
   if (Dh == 64) return fused_forward<64>(*this, view, out, saved, B, N, H, scale);
   float* probs = saved;

@@ -88,8 +88,8 @@ class CudaBackend final : public Backend {
   // [B,N,H,Dh]. Other Dh: saved = the softmax probabilities [B,H,N,N].
   int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh,
                                  DType compute) const override;
-  Status attention_forward(const void* qkv, float* out, float* saved, int64_t B, int64_t N,
-                           int64_t H, int64_t Dh, DType compute) override;
+  Status attention_forward(const void* qkv, float* out, uint16_t* out_bf16, float* saved,
+                           int64_t B, int64_t N, int64_t H, int64_t Dh, DType compute) override;
   Status attention_backward(const float* d_out, const void* qkv, const float* saved,
                             float* d_qkv, uint16_t* d_qkv_bf16, int64_t B, int64_t N, int64_t H,
                             int64_t Dh, DType compute) override;

@@ -103,9 +103,10 @@ using Tile = uint32_t[W + kPad];
 __device__ __forceinline__ float staged_value(float x) { return x; }
 __device__ __forceinline__ float staged_value(uint16_t x) { return bf16_to_float(x); }
 
-// A gradient element stored as float32, or rounded to bf16 (d_qkv for a frozen qkv Linear).
-__device__ __forceinline__ void store_grad(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store_grad(uint16_t* p, float v) { *p = bf16_from_float(v); }
+// An output element stored as float32, or rounded to bf16 (out for a frozen proj Linear, d_qkv
+// for a frozen qkv Linear).
+__device__ __forceinline__ void store_value(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_value(uint16_t* p, float v) { *p = bf16_from_float(v); }
 
 // Rows [r0, r0 + R) of a matrix x (float32 or bf16) with N rows of Dh values (rows ld apart),
 // rounded to bf16 into shared memory, zeros past N, in either or both of two layouts (null: not
@@ -192,11 +193,12 @@ __device__ __forceinline__ int live_tiles(int64_t c0, int64_t N) {
   return n < NT ? static_cast<int>(n) : NT;
 }
 
-// qkv [B,N,3,H,Dh] → out [B,N,H,Dh]; lse [B,H,N] and o_copy [B,N,H,Dh] both null or both set.
-// blockIdx.x = (b·H + h)·tiles + query tile, as flash::forward_kernel.
-template <int Dh>
+// qkv [B,N,3,H,Dh] → out [B,N,H,Dh] (float32, or O = uint16_t: bf16); lse [B,H,N] and o_copy
+// [B,N,H,Dh] (float32) both null or both set. blockIdx.x = (b·H + h)·tiles + query tile, as
+// flash::forward_kernel.
+template <int Dh, typename O>
 __global__ void __launch_bounds__(kThreads)
-    forward_kernel(const uint16_t* qkv, float* out, float* lse, float* o_copy, int64_t N, int64_t H,
+    forward_kernel(const uint16_t* qkv, O* out, float* lse, float* o_copy, int64_t N, int64_t H,
                    int64_t tiles, float scale) {
   constexpr int BQ = kBlockRows, BK = kForwardKeys;
   // k-steps of 16 over d; tiles of 8 over d and over the keys
@@ -299,7 +301,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int e = 2 * r; e < 2 * r + 2; ++e) {
         const float y = o[n][e] / row_sum;
-        out[row + 8 * n + 2 * t + (e & 1)] = y;
+        store_value(out + row + 8 * n + 2 * t + (e & 1), y);
         if (o_copy) o_copy[row + 8 * n + 2 * t + (e & 1)] = y;
       }
     if (lse && t == 0) lse[bh * N + i] = m[r] + logf(row_sum);
@@ -410,8 +412,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int e = 2 * r; e < 2 * r + 2; ++e) {
         const int d = 8 * n + 2 * t + (e & 1);
-        store_grad(row + D + d, dk[n][e] * scale);
-        store_grad(row + 2 * D + d, dv[n][e]);
+        store_value(row + D + d, dk[n][e] * scale);
+        store_value(row + 2 * D + d, dv[n][e]);
       }
   }
 }
@@ -516,7 +518,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int n = 0; n < ND; ++n)
 #pragma unroll
-      for (int e = 2 * r; e < 2 * r + 2; ++e) store_grad(row + 8 * n + 2 * t + (e & 1), dq[n][e] * scale);
+      for (int e = 2 * r; e < 2 * r + 2; ++e) store_value(row + 8 * n + 2 * t + (e & 1), dq[n][e] * scale);
   }
 }
 

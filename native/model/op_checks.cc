@@ -206,7 +206,8 @@ const std::map<std::string, OpFn>& registry() {
        return Status::Ok();
      }},
     // qkv [B,N,3D] → out [B,N,D]; dtype: 0 float32 (default), 1 bf16 compute (qkv handed over
-    // in bf16, rounded here, as the model stores it); bf16_grad: 1 asks for d_qkv in bf16.
+    // in bf16, rounded here, as the model stores it); bf16_out / bf16_grad: 1 asks for out /
+    // d_qkv in bf16.
     {"attention", [](Context& c) {
        const int64_t B = c.i("B"), N = c.i("N"), H = c.i("H"), Dh = c.i("Dh"), D = H * Dh;
        const DType dtype = c.i("dtype") == 1 ? DType::kBF16 : DType::kF32;
@@ -220,8 +221,15 @@ const std::map<std::string, OpFn>& registry() {
        }
        RA_RETURN_IF_ERROR(c.zeros("out", B * N * D));
        RA_RETURN_IF_ERROR(c.zeros("saved", c.be.attention_saved_floats(B, N, H, Dh, dtype)));
-       RA_RETURN_IF_ERROR(c.be.attention_forward(qkv, c.buf["out"], c.buf["saved"], B, N, H, Dh, dtype));
-       RA_RETURN_IF_ERROR(c.get({"out"}));
+       if (c.i("bf16_out")) {  // out returned in bf16 (bf16 compute), widened here
+         RA_RETURN_IF_ERROR(c.zeros("out16", (B * N * D + 1) / 2));
+         RA_RETURN_IF_ERROR(c.be.attention_forward(qkv, nullptr, reinterpret_cast<uint16_t*>(c.buf["out16"]),
+                                                   c.buf["saved"], B, N, H, Dh, dtype));
+         RA_RETURN_IF_ERROR(c.buf.get_bf16("out16", B * N * D, "out", c.out));
+       } else {
+         RA_RETURN_IF_ERROR(c.be.attention_forward(qkv, c.buf["out"], nullptr, c.buf["saved"], B, N, H, Dh, dtype));
+         RA_RETURN_IF_ERROR(c.get({"out"}));
+       }
        if (!c.dout) return Status::Ok();
        RA_RETURN_IF_ERROR(c.grad_of("out", B * N * D));
        RA_RETURN_IF_ERROR(c.zeros("d_qkv", B * N * 3 * D));

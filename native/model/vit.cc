@@ -595,16 +595,22 @@ Status ViT::forward_compute(int64_t B, bool train) {
                                         {nullptr, static_cast<uint16_t*>(s.qkv)}));
     else
       RA_RETURN_IF_ERROR(linear_forward(backend_, qkv_in, M, ref(k.qkv), static_cast<float*>(s.qkv)));
-    RA_RETURN_IF_ERROR(backend_.attention_forward(s.qkv, s.o, s.attn_saved, B, N, c.heads, c.head_dim(), compute_dtype_));
+    // In bf16 compute with proj frozen, attention's output comes rounded to bf16, which proj's
+    // product would do to its operand anyway (its weight gradient, which reads it, is off).
+    const bool o_bf16 = compute_dtype_ == DType::kBF16 && !k.proj.w->trainable;
+    uint16_t* o16 = o_bf16 ? reinterpret_cast<uint16_t*>(s.o) : nullptr;
+    RA_RETURN_IF_ERROR(backend_.attention_forward(s.qkv, o_bf16 ? nullptr : s.o, o16, s.attn_saved, B, N, c.heads,
+                                                  c.head_dim(), compute_dtype_));
+    const Bf16Activations proj_in = {o16, nullptr};
     // x_mid = x_in + branch: with stochastic depth through the residual op (which writes x_mid
     // from x_in, no copy); without, the proj product adds into x_mid, a copy of x_in where
     // backward keeps both.
     if (s.keep1) {
-      RA_RETURN_IF_ERROR(linear_forward(backend_, s.o, M, ref(k.proj), branch_));
+      RA_RETURN_IF_ERROR(linear_forward(backend_, s.o, M, ref(k.proj), branch_, 0.0f, proj_in));
       RA_RETURN_IF_ERROR(backend_.residual_add(s.x_mid, s.x_in, branch_, s.keep1, B, N * D));
     } else {
       if (s.x_mid != s.x_in) RA_RETURN_IF_ERROR(backend_.copy(s.x_mid, s.x_in, M * D * sizeof(float)));
-      RA_RETURN_IF_ERROR(linear_forward(backend_, s.o, M, ref(k.proj), s.x_mid, 1.0f));
+      RA_RETURN_IF_ERROR(linear_forward(backend_, s.o, M, ref(k.proj), s.x_mid, 1.0f, proj_in));
     }
 
     // MLP branch: x_out = x_mid + drop_path(fc2(gelu(fc1(adapter(norm2(x_mid)))))).

@@ -187,8 +187,8 @@ using namespace repadapter;
 
 // Emulated fused_forward / fused_backward, as attention.cu launches them for `compute`; qkv is
 // in the compute dtype, as the backend receives it (bf16 for the tensor-core kernels).
-template <int Dh>
-void emu_forward(const void* qkv, float* out, float* saved, int64_t B, int64_t N, int64_t H,
+template <int Dh, typename O = float>
+void emu_forward(const void* qkv, O* out, float* saved, int64_t B, int64_t N, int64_t H,
                  float scale, DType compute) {
   float* lse = saved;
   float* oc = saved ? saved + B * H * N : nullptr;
@@ -196,13 +196,15 @@ void emu_forward(const void* qkv, float* out, float* saved, int64_t B, int64_t N
     const uint16_t* q16 = static_cast<const uint16_t*>(qkv);
     const int64_t tiles = (N + flash_bf16::kBlockRows - 1) / flash_bf16::kBlockRows;
     emu::launch(static_cast<unsigned>(B * H * tiles), flash_bf16::kThreads,
-                [&] { flash_bf16::forward_kernel<Dh>(q16, out, lse, oc, N, H, tiles, scale); });
+                [&] { flash_bf16::forward_kernel<Dh, O>(q16, out, lse, oc, N, H, tiles, scale); });
     return;
   }
-  const float* q32 = static_cast<const float*>(qkv);
-  const int64_t tiles = (N + flash::kForwardRows - 1) / flash::kForwardRows;
-  emu::launch(static_cast<unsigned>(B * H * tiles), flash::kThreads,
-              [&] { flash::forward_kernel<Dh>(q32, out, lse, oc, N, H, tiles, scale); });
+  if constexpr (std::is_same<O, float>::value) {
+    const float* q32 = static_cast<const float*>(qkv);
+    const int64_t tiles = (N + flash::kForwardRows - 1) / flash::kForwardRows;
+    emu::launch(static_cast<unsigned>(B * H * tiles), flash::kThreads,
+                [&] { flash::forward_kernel<Dh>(q32, out, lse, oc, N, H, tiles, scale); });
+  }
 }
 // given_delta (optional): D [B,H,N] to use instead of row_dot_kernel's. G: d_qkv's type (bf16
 // only from the tensor-core kernels).
@@ -436,7 +438,7 @@ int main(int argc, char** argv) {
         run(emu_forward<64>, emu_backward<64>);
       // CPU backend.
       std::vector<float> c_out(B * N * D), c_probs(B * H * N * N), c_dq(B * N * 3 * D);
-      Status st = cpu.attention_forward(given, c_out.data(), c_probs.data(), B, N, H, Dh, compute);
+      Status st = cpu.attention_forward(given, c_out.data(), nullptr, c_probs.data(), B, N, H, Dh, compute);
       if (st.ok()) st = cpu.attention_backward(dout.data(), given, c_probs.data(), c_dq.data(), nullptr, B, N, H, Dh, compute);
       if (!st.ok()) { std::printf("cpu failed: %s\n", st.message().c_str()); return 1; }
       const double e_out = rel(c_out, out), e_inf = rel(c_out, out_inf), e_dq = rel(c_dq, dq);
@@ -460,7 +462,14 @@ int main(int argc, char** argv) {
           emu_backward<64, uint16_t>(dout.data(), given, saved.data(), dq16.data(), B, N, H, scale, compute);
         int64_t unequal = 0;
         for (size_t i = 0; i < dq.size(); ++i) unequal += dq16[i] != bf16_from_float(dq[i]);
-        std::printf(" | bf16 d_qkv ≠ rounded float32: %lld", (long long)unequal);
+        // out stored in bf16 (for a frozen proj Linear): likewise.
+        std::vector<uint16_t> out16(out.size(), 0x7fc0);
+        if (Dh == 32)
+          emu_forward<32, uint16_t>(given, out16.data(), nullptr, B, N, H, scale, compute);
+        else
+          emu_forward<64, uint16_t>(given, out16.data(), nullptr, B, N, H, scale, compute);
+        for (size_t i = 0; i < out.size(); ++i) unequal += out16[i] != bf16_from_float(out[i]);
+        std::printf(" | bf16 out, d_qkv ≠ rounded float32: %lld", (long long)unequal);
         ok = ok && e_out <= kEndToEnd && e_inf <= kEndToEnd && e_dq <= kEndToEnd && x_fwd <= kExact &&
              x_bwd <= kExact && unequal == 0;
         std::printf(" | vs f64 beyond slack (%lld, %lld terms): forward %.2e, backward given D %.2e; cpu out %.2e "

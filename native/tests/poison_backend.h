@@ -110,11 +110,12 @@ class PoisonBackend final : public Backend {
                                  DType compute) const override {
     return inner_.attention_saved_floats(B, N, H, Dh, compute);
   }
-  Status attention_forward(const void* qkv, float* out, float* saved, int64_t B, int64_t N,
-                           int64_t H, int64_t Dh, DType compute) override {
-    RA_RETURN_IF_ERROR(poison(out, B * N * H * Dh));
+  Status attention_forward(const void* qkv, float* out, uint16_t* out_bf16, float* saved,
+                           int64_t B, int64_t N, int64_t H, int64_t Dh, DType compute) override {
+    if (out) RA_RETURN_IF_ERROR(poison(out, B * N * H * Dh));
+    if (out_bf16) RA_RETURN_IF_ERROR(poison_bf16(out_bf16, B * N * H * Dh));
     if (saved) RA_RETURN_IF_ERROR(poison(saved, attention_saved_floats(B, N, H, Dh, compute)));
-    return inner_.attention_forward(qkv, out, saved, B, N, H, Dh, compute);
+    return inner_.attention_forward(qkv, out, out_bf16, saved, B, N, H, Dh, compute);
   }
   Status attention_backward(const float* d_out, const void* qkv, const float* saved,
                             float* d_qkv, uint16_t* d_qkv_bf16, int64_t B, int64_t N, int64_t H,
