@@ -3,12 +3,13 @@
 // Head widths 32 and 64 (every ViT this package trains) take the fused kernels: the N×N scores
 // stay on chip, and `saved` holds, for backward,
 //   [0, B·H·N)                  lse, the log-sum-exp of each row of scaled scores, [B,H,N]
-//   [B·H·N, B·H·N + B·N·H·Dh)   a copy of out, [B,N,H,Dh] (backward's D = rowsum(dO ∘ O))
+//   [B·H·N, …)                  a copy of out, [B,N,H,Dh] (backward's D = rowsum(dO ∘ O)):
+//                               float32, or bf16 from the tensor-core kernels (half the floats)
 // — Dh + 1 floats per (token, head) instead of N: a third of the probabilities at ViT-B/16's
-// N = 197, Dh = 64. Backward recomputes the probabilities from lse. The same layout serves
-// both compute dtypes: float32 compute runs flash_attention.cuh's kernels on CUDA cores, bf16
-// compute flash_attention_bf16.cuh's on tensor cores (sm_80 and newer; older GPUs run bf16
-// compute's attention on the float32 kernels).
+// N = 197, Dh = 64. Backward recomputes the probabilities from lse. Float32 compute runs
+// flash_attention.cuh's kernels on CUDA cores, bf16 compute flash_attention_bf16.cuh's on
+// tensor cores (sm_80 and newer; older GPUs run bf16 compute's attention on the float32
+// kernels, with the float32 layout).
 //
 // Other head widths take the materialised path, as cpu/attention.cc: the same four products
 // per (sample, head) as cuBLASLt strided-batched products over the H heads of one sample (heads
@@ -117,10 +118,10 @@ Status fused_forward(CudaBackend& be, QkvView qkv, O* out, float* saved, int64_t
   float* o_copy = saved ? saved + B * H * N : nullptr;
   int64_t tiles = 0;
   unsigned blocks = 0;
-  if (qkv.bf16) {
+  if (qkv.bf16) {  // the copy of out in bf16 (attention_saved_floats)
     RA_RETURN_IF_ERROR(fused_grid(B, N, H, flash_bf16::kBlockRows, &tiles, &blocks));
     flash_bf16::forward_kernel<Dh, O><<<blocks, flash_bf16::kThreads, 0, be.stream()>>>(
-        qkv.bf16, out, lse, o_copy, N, H, tiles, scale);
+        qkv.bf16, out, lse, reinterpret_cast<uint16_t*>(o_copy), N, H, tiles, scale);
     return be.launched("attention_forward (fused, bf16 tensor cores)");
   }
   if constexpr (std::is_same<O, float>::value) {
@@ -145,9 +146,9 @@ Status fused_backward(CudaBackend& be, const float* d_out, QkvView qkv, const fl
   float* delta = static_cast<float*>(tmp);
   const int64_t rows = B * N * H;
   const unsigned row_blocks = be.blocks_for(rows * 32);
-  if (tensor_cores)  // D = rowsum(dÔ ∘ O), dÔ = bf16(dO) as the bf16 kernels multiply it
-    flash::row_dot_kernel<Dh, true><<<row_blocks, 256, 0, be.stream()>>>(d_out, o, delta, N, H,
-                                                                         rows);
+  if (tensor_cores)  // D = rowsum(dÔ ∘ Ô), dÔ = bf16(dO) as the bf16 kernels multiply it, Ô saved in bf16
+    flash::row_dot_kernel<Dh, true, uint16_t><<<row_blocks, 256, 0, be.stream()>>>(
+        d_out, reinterpret_cast<const uint16_t*>(o), delta, N, H, rows);
   else
     flash::row_dot_kernel<Dh><<<row_blocks, 256, 0, be.stream()>>>(d_out, o, delta, N, H, rows);
   RA_RETURN_IF_ERROR(be.launched("attention_backward (fused, rowsum(dO * O))"));
@@ -207,10 +208,12 @@ Status attention_qkv(CudaBackend& be, const void* qkv, int64_t n, int64_t Dh, DT
 
 }  // namespace
 
-// The same for both compute dtypes (see the top of this file).
+// The tensor-core kernels keep their copy of out in bf16, half the floats.
 int64_t CudaBackend::attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh,
-                                            DType) const {
-  return fused_head_width(Dh) ? B * H * N + B * N * H * Dh : B * H * N * N;
+                                            DType compute) const {
+  if (!fused_head_width(Dh)) return B * H * N * N;
+  const bool bf16_copy = compute == DType::kBF16 && bf16_tensor_cores();
+  return B * H * N + (bf16_copy ? (B * N * H * Dh + 1) / 2 : B * N * H * Dh);
 }
 
 Status CudaBackend::attention_forward(const void* qkv, float* out, uint16_t* out_bf16,

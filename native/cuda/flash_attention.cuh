@@ -204,11 +204,14 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+__device__ __forceinline__ float saved_out(float x) { return x; }
+__device__ __forceinline__ float saved_out(uint16_t x) { return bf16_to_float(x); }
+
 // delta[(b·H + h)·N + i] = Σ_d dO[b,i,h,d] · O[b,i,h,d], one warp per row of [B,N,H] (in
 // memory order), summed in double. RoundDO: dO rounded to bf16 first (the dÔ of bf16 compute,
-// flash_attention_bf16.cuh).
-template <int Dh, bool RoundDO = false>
-__global__ void row_dot_kernel(const float* d_out, const float* o, float* delta, int64_t N,
+// flash_attention_bf16.cuh), whose saved O is bf16 too (O = uint16_t).
+template <int Dh, bool RoundDO = false, typename O = float>
+__global__ void row_dot_kernel(const float* d_out, const O* o, float* delta, int64_t N,
                                int64_t H, int64_t rows) {
   const int lane = threadIdx.x % 32;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
@@ -218,7 +221,7 @@ __global__ void row_dot_kernel(const float* d_out, const float* o, float* delta,
     for (int d = lane; d < Dh; d += 32) {
       const float g = RoundDO ? bf16_to_float(bf16_from_float(d_out[r * Dh + d]))
                               : d_out[r * Dh + d];
-      t += static_cast<double>(g) * o[r * Dh + d];
+      t += static_cast<double>(g) * saved_out(o[r * Dh + d]);
     }
     for (int off = 16; off > 0; off >>= 1) t += __shfl_xor_sync(0xffffffffu, t, off);
     if (lane == 0) {

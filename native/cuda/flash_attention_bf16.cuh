@@ -2,7 +2,8 @@
 // 64: FlashAttention-2's scheme with bf16 products and float32 sums, computing the bf16
 // attention that native/cpu/attention.cc defines. attention.cu launches these kernels; the
 // float32 kernels (flash_attention.cuh) are their layout and masking model: same grids of
-// (b, h, row tile), same saved state (each row's lse and a copy of out), same split of backward
+// (b, h, row tile), same saved state (each row's lse and a copy of out, here in bf16, as
+// PyTorch's flash attention keeps out), same split of backward
 // into a key kernel (dK, dV) and a query kernel (dQ) that each own the rows they write, so
 // nothing is added atomically and results do not depend on scheduling.
 //
@@ -31,7 +32,8 @@
 //   dQ       (64 query rows; keys stream 32 at a time): the same p and ds,
 //     dQ = scale · Σ bf16(ds) k̂.
 // d_qkv is float32, or bf16 (each element rounded once as it is stored) for a frozen qkv Linear.
-// dÔ = bf16(d_out); D = rowsum(dÔ ⊙ out) (row_dot_kernel<Dh, true> of flash_attention.cuh),
+// dÔ = bf16(d_out); D = rowsum(dÔ ⊙ ô), ô the saved bf16 copy of out (row_dot_kernel<Dh, true>
+// of flash_attention.cuh),
 // the CPU's rowsum(dP ⊙ p) in exact arithmetic.
 //
 // Masking for N not a multiple of a tile, as the float32 kernels: rows past N stage as zeros and
@@ -194,11 +196,11 @@ __device__ __forceinline__ int live_tiles(int64_t c0, int64_t N) {
 }
 
 // qkv [B,N,3,H,Dh] → out [B,N,H,Dh] (float32, or O = uint16_t: bf16); lse [B,H,N] and o_copy
-// [B,N,H,Dh] (float32) both null or both set. blockIdx.x = (b·H + h)·tiles + query tile, as
-// flash::forward_kernel.
+// [B,N,H,Dh] (bf16, as PyTorch's flash attention keeps out) both null or both set.
+// blockIdx.x = (b·H + h)·tiles + query tile, as flash::forward_kernel.
 template <int Dh, typename O>
 __global__ void __launch_bounds__(kThreads)
-    forward_kernel(const uint16_t* qkv, O* out, float* lse, float* o_copy, int64_t N, int64_t H,
+    forward_kernel(const uint16_t* qkv, O* out, float* lse, uint16_t* o_copy, int64_t N, int64_t H,
                    int64_t tiles, float scale) {
   constexpr int BQ = kBlockRows, BK = kForwardKeys;
   // k-steps of 16 over d; tiles of 8 over d and over the keys
@@ -302,7 +304,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = 2 * r; e < 2 * r + 2; ++e) {
         const float y = o[n][e] / row_sum;
         store_value(out + row + 8 * n + 2 * t + (e & 1), y);
-        if (o_copy) o_copy[row + 8 * n + 2 * t + (e & 1)] = y;
+        if (o_copy) o_copy[row + 8 * n + 2 * t + (e & 1)] = bf16_from_float(y);
       }
     if (lse && t == 0) lse[bh * N + i] = m[r] + logf(row_sum);
   }

@@ -196,7 +196,7 @@ void emu_forward(const void* qkv, O* out, float* saved, int64_t B, int64_t N, in
     const uint16_t* q16 = static_cast<const uint16_t*>(qkv);
     const int64_t tiles = (N + flash_bf16::kBlockRows - 1) / flash_bf16::kBlockRows;
     emu::launch(static_cast<unsigned>(B * H * tiles), flash_bf16::kThreads,
-                [&] { flash_bf16::forward_kernel<Dh, O>(q16, out, lse, oc, N, H, tiles, scale); });
+                [&] { flash_bf16::forward_kernel<Dh, O>(q16, out, lse, reinterpret_cast<uint16_t*>(oc), N, H, tiles, scale); });
     return;
   }
   if constexpr (std::is_same<O, float>::value) {
@@ -221,7 +221,9 @@ void emu_backward(const float* d_out, const void* qkv, const float* saved, G* d_
     if (given_delta)
       delta = *given_delta;
     else
-      emu::launch(rb, 256, [&] { flash::row_dot_kernel<Dh, true>(d_out, o, delta.data(), N, H, rows); });
+      emu::launch(rb, 256, [&] {
+        flash::row_dot_kernel<Dh, true, uint16_t>(d_out, reinterpret_cast<const uint16_t*>(o), delta.data(), N, H, rows);
+      });
     const uint16_t* q16 = static_cast<const uint16_t*>(qkv);
     const int64_t tiles = (N + flash_bf16::kBlockRows - 1) / flash_bf16::kBlockRows;
     emu::launch(static_cast<unsigned>(B * H * tiles), flash_bf16::kThreads, [&] {
@@ -442,7 +444,14 @@ int main(int argc, char** argv) {
       if (st.ok()) st = cpu.attention_backward(dout.data(), given, c_probs.data(), c_dq.data(), nullptr, B, N, H, Dh, compute);
       if (!st.ok()) { std::printf("cpu failed: %s\n", st.message().c_str()); return 1; }
       const double e_out = rel(c_out, out), e_inf = rel(c_out, out_inf), e_dq = rel(c_dq, dq);
-      const double e_copy = rel(out, std::vector<float>(saved.begin() + B * H * N, saved.end()));
+      // The saved copy of out: float32, or bf16 from the tensor-core kernel (then out rounded).
+      std::vector<float> copy(B * N * D), expected_copy(out);
+      for (int64_t i = 0; i < B * N * D; ++i) {
+        copy[i] = bf16 ? bf16_to_float(reinterpret_cast<const uint16_t*>(saved.data() + B * H * N)[i])
+                       : saved[B * H * N + i];
+        if (bf16) expected_copy[i] = bf16_to_float(bf16_from_float(out[i]));
+      }
+      const double e_copy = rel(expected_copy, copy);
       std::printf("  B=%lld N=%lld H=%lld Dh=%lld  vs cpu: out %.2e (inference %.2e) d_qkv %.2e | copy %g",
                   (long long)B, (long long)N, (long long)H, (long long)Dh, e_out, e_inf, e_dq, e_copy);
       bool ok = e_copy == 0;
