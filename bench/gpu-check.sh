@@ -184,7 +184,7 @@ SAN="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitize
 if [[ -x "$SAN" ]]; then
   SANFLAGS=(--tool memcheck --error-exitcode 10 --report-api-errors no --print-limit 50)
   step "memcheck: model small" "$OUT/model_small.log" 150 \
-    "$SAN" "${SANFLAGS[@]}" "$BUILD/cuda_model_check" --config small --batch 2 --trainable adapters
+    "$SAN" "${SANFLAGS[@]}" "$BUILD/cuda_model_check" --config small --batch 2 --trainable adapters --fused-steps 2
   if (($(elapsed) < BUDGET_S - 240)); then
     step "memcheck: ops --small" "$OUT/ops.log" 120 "$SAN" "${SANFLAGS[@]}" "$BUILD/cuda_ops_check" --small
   else

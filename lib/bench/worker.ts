@@ -30,7 +30,8 @@ export interface WorkerReply {
 }
 
 interface OptimizerLike {
-  step(): unknown;
+  /** Forward, loss, backward, update and zeroed gradients in one call (what the Trainer runs). */
+  trainStep(images: Tensor, target: { labels: Int32Array }): Promise<{ logits: { dispose(): void } }>;
 }
 
 /** lib/optim's AdamW attached to the model, or null when this build has no optimizer module. */
@@ -151,11 +152,7 @@ export async function runWorkload(request: WorkerRequest): Promise<WorkerReply> 
     model.train();
     optimizer = await makeOptimizer(model, settings);
     step = optimizer
-      ? () => {
-          model.forward(images).dispose();
-          model.backward({ labels });
-          optimizer!.step(); // updates, then zeroes the gradients
-        }
+      ? async () => (await optimizer!.trainStep(images, { labels })).logits.dispose()
       : () => {
           model.zeroGrad();
           model.forward(images).dispose();
