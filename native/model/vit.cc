@@ -378,11 +378,10 @@ Status ViT::plan(int64_t B, bool train, bool keep, bool want_input_grad) {
     // qkv in the compute dtype: bf16 compute stores it in bf16, the values attention rounds to.
     const int64_t qkv_floats = compute_dtype_ == DType::kBF16 ? (M * 3 * D + 1) / 2 : M * 3 * D;
     float* shared_qkv = keep ? nullptr : take(qkv_floats);
-    // bf16 compute with fc2 frozen runs the MLP's activations in bf16, as autocast does: fc1
-    // writes bf16, GELU reads and writes bf16, fc2 reads bf16 (nothing needs them in float32:
-    // backward reads GELU's input, which bf16 compute keeps in bf16 anyway), and backward's
-    // gradients through it are bf16 the same way.
-    const bool mlp_bf16 = compute_dtype_ == DType::kBF16 && !all;
+    // bf16 activations run the MLP as autocast does: fc1 writes bf16, GELU reads and writes
+    // bf16, fc2 reads bf16 (nothing needs them in float32: backward reads GELU's input, which
+    // bf16 compute keeps in bf16 anyway), and backward's gradients through it are bf16 the same way.
+    const bool mlp_bf16 = bf16_activations();
     auto take_bf16 = [&](int64_t n) { return reinterpret_cast<uint16_t*>(take((n + 1) / 2)); };
     float* shared_g = mlp_bf16 ? nullptr : take(M * F);
     uint16_t* shared_h16 = mlp_bf16 && !keep ? take_bf16(M * F) : nullptr;
@@ -595,9 +594,9 @@ Status ViT::forward_compute(int64_t B, bool train) {
                                         {nullptr, static_cast<uint16_t*>(s.qkv)}));
     else
       RA_RETURN_IF_ERROR(linear_forward(backend_, qkv_in, M, ref(k.qkv), static_cast<float*>(s.qkv)));
-    // In bf16 compute with proj frozen, attention's output comes rounded to bf16, which proj's
-    // product would do to its operand anyway (its weight gradient, which reads it, is off).
-    const bool o_bf16 = compute_dtype_ == DType::kBF16 && !k.proj.w->trainable;
+    // With bf16 activations attention's output comes rounded to bf16, which proj's product would
+    // do to its operand anyway.
+    const bool o_bf16 = bf16_activations();
     uint16_t* o16 = o_bf16 ? reinterpret_cast<uint16_t*>(s.o) : nullptr;
     RA_RETURN_IF_ERROR(backend_.attention_forward(s.qkv, o_bf16 ? nullptr : s.o, o16, s.attn_saved, B, N, c.heads,
                                                   c.head_dim(), compute_dtype_));
@@ -765,10 +764,10 @@ Status ViT::backward_compute(const Target& target) {
       d_branch = d_branch_;
     }
     RA_RETURN_IF_ERROR(linear_backward(backend_, d_branch, s.o, M, ref(k.proj), d_o_));
-    // In bf16 compute with qkv frozen, attention's input gradient comes rounded to bf16, which
-    // the qkv product's rounding of its operand would do anyway.
+    // With bf16 activations attention's input gradient comes rounded to bf16, which the qkv
+    // product's rounding of its operand would do anyway.
     const float* qkv_in = k.adapter_attn.A ? s.u1 : s.a1;
-    if (compute_dtype_ == DType::kBF16 && !k.qkv.w->trainable) {
+    if (bf16_activations()) {
       uint16_t* d_qkv16 = reinterpret_cast<uint16_t*>(d_wide_);
       RA_RETURN_IF_ERROR(backend_.attention_backward(d_o_, s.qkv, s.attn_saved, nullptr, d_qkv16, B, N, c.heads,
                                                      c.head_dim(), compute_dtype_));

@@ -160,6 +160,14 @@ class ViT {
   LinearRef ref(const Linear& l) const;
   std::vector<Linear*> backbone_linears();
   Status refresh_bf16();
+  // Where the activations a frozen backbone Linear reads (attention's output, the MLP's) and the
+  // gradients it returns are handed over in bf16: bf16 compute, and the backbone frozen (it
+  // trains only with everything; a training Linear's weight gradient reads its input in
+  // float32). The Linear's bf16 product rounds them anyway, so no number changes but fc1's
+  // output before GELU, which autocast rounds as well.
+  bool bf16_activations() const {
+    return compute_dtype_ == DType::kBF16 && config_.trainable != Trainable::kAll;
+  }
   // A training step's random draws, written to backend memory before its ops run: the dropout
   // key and the drop-path keep scales.
   Status stage_draws(int64_t B);
