@@ -83,3 +83,20 @@ test('attention can hand its output and its input gradient over in bf16: the flo
   t.notDeepEqual(narrow.out, wide.out);
   t.notDeepEqual(narrow.d_qkv, wide.d_qkv);
 });
+
+test('LayerNorm, and LayerNorm with the adapter, can hand their output over in bf16: the float32 one, rounded, bit for bit', (t) => {
+  const random = rng(31);
+  const [M, D, R, G] = [37, 48, 8, 2];
+  const x = randn(random, M * D), w = randn(random, D), b = randn(random, D);
+  const wide = native.runOp('layernorm', { M, D }, { x, w, b }).y;
+  const narrow = native.runOp('layernorm', { M, D, bf16_out: 1 }, { x, w, b }).y;
+  t.deepEqual(narrow, wide.map(bf16Round));
+  t.notDeepEqual(narrow, wide);
+  const adapter = { x, ln_w: w, ln_b: b, A: randn(random, R * D, 0.3), a: randn(random, R), Bw: randn(random, D * (R / G), 0.3), b: randn(random, D) };
+  const attrs = { M, D, R, G, scale: 0.7, dropout: 0.2, train: 1, seed: 5 };
+  const u = native.runOp('layernorm_adapter', attrs, adapter);
+  const u16 = native.runOp('layernorm_adapter', { ...attrs, bf16_out: 1 }, adapter);
+  t.deepEqual(u16.u, u.u.map(bf16Round));
+  t.deepEqual(u16.z, u.z, 'z (what backward keeps) stays float32');
+  t.notDeepEqual(u16.u, u.u);
+});

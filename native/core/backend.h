@@ -132,9 +132,11 @@ class Backend {
 
   // ---- LayerNorm (cpu/layernorm.cc); rows of x and y may be strided (ld ≥ D) ----------------
   // y = (x − mean) · rstd · w + b per row; mean, rstd: [M] kept for backward (may be null).
+  // y_bf16 may replace y (then null): y rounded to bf16, rows ldy apart, for a frozen bf16 Linear
+  // that reads it (its product rounds its operand anyway).
   virtual Status layernorm_forward(const float* x, int64_t ldx, const float* w, const float* b,
-                                   float* y, int64_t ldy, float* mean, float* rstd, int64_t M,
-                                   int64_t D, float eps) = 0;
+                                   float* y, uint16_t* y_bf16, int64_t ldy, float* mean,
+                                   float* rstd, int64_t M, int64_t D, float eps) = 0;
   // dx (stride ldx) ADDS the input gradient: LayerNorm always reads a residual stream, whose
   // gradient already holds the skip path. dw, db accumulate.
   virtual Status layernorm_backward(const float* dy, int64_t ldy, const float* x, int64_t ldx,
@@ -211,15 +213,16 @@ class Backend {
   // and step_key may be null) and
   // adapter_up_forward composed, up to float rounding.
   // x: [M, D] with rows ldx apart; A (conv_A): [R, D]; a_bias: [R]; up_w (conv_B): [D, R/G];
-  // up_b: [D]. Outputs: u [M, D]; z [M, R]; a [M, D], mean [M], rstd [M] only where given
-  // (what backward reads), else null. No output may alias x.
+  // up_b: [D]. Outputs: u [M, D] (or u_bf16 in its place: u rounded to bf16, for a frozen bf16
+  // Linear that reads it); z [M, R]; a [M, D], mean [M], rstd [M] only where given (what
+  // backward reads), else null. No output may alias x.
   virtual Status layernorm_adapter_forward(const float* x, int64_t ldx, const float* ln_w,
                                            const float* ln_b, float eps, const float* A,
                                            const float* a_bias, const float* up_w,
                                            const float* up_b, float scale, float p,
                                            uint64_t seed, const uint64_t* step_key,
-                                           uint64_t site, float* a, float* z,
-                                           float* u, float* mean, float* rstd, int64_t M,
+                                           uint64_t site, float* a, float* z, float* u,
+                                           uint16_t* u_bf16, float* mean, float* rstd, int64_t M,
                                            int64_t D, int64_t R, int64_t G) = 0;
   // Structural re-parameterisation into the Linear (W [O, D], c [O]) that reads the adapter:
   //   W ← W + s · (W B̂) A,   c ← c + s · W (B̂ a + b)      (low rank, no D×D matrix)

@@ -55,9 +55,10 @@ class ProfilingBackend final : public Backend {
   Status tokens_backward(const float* dx, float* de, float* dc, float* dp, int64_t B, int64_t P, int64_t D) override {
     return time("tokens_backward", 0, [&] { return inner_.tokens_backward(dx, de, dc, dp, B, P, D); });
   }
-  Status layernorm_forward(const float* x, int64_t ldx, const float* w, const float* b, float* y, int64_t ldy,
-                           float* mean, float* rstd, int64_t M, int64_t D, float eps) override {
-    return time("layernorm_forward", 0, [&] { return inner_.layernorm_forward(x, ldx, w, b, y, ldy, mean, rstd, M, D, eps); });
+  Status layernorm_forward(const float* x, int64_t ldx, const float* w, const float* b, float* y, uint16_t* y16,
+                           int64_t ldy, float* mean, float* rstd, int64_t M, int64_t D, float eps) override {
+    return time("layernorm_forward", 0,
+                [&] { return inner_.layernorm_forward(x, ldx, w, b, y, y16, ldy, mean, rstd, M, D, eps); });
   }
   Status layernorm_backward(const float* dy, int64_t ldy, const float* x, int64_t ldx, const float* w,
                             const float* mean, const float* rstd, float* dx, float* dw, float* db, int64_t M,
@@ -114,11 +115,11 @@ class ProfilingBackend final : public Backend {
   Status layernorm_adapter_forward(const float* x, int64_t ldx, const float* ln_w, const float* ln_b, float eps,
                                    const float* A, const float* a_bias, const float* up_w, const float* up_b,
                                    float scale, float p, uint64_t seed, const uint64_t* key, uint64_t site, float* a,
-                                   float* z, float* u, float* mean, float* rstd, int64_t M, int64_t D, int64_t R,
-                                   int64_t G) override {
+                                   float* z, float* u, uint16_t* u16, float* mean, float* rstd, int64_t M, int64_t D,
+                                   int64_t R, int64_t G) override {
     return time("layernorm_adapter_forward", 2.0 * M * D * R + 2.0 * M * D * R / G, [&] {
       return inner_.layernorm_adapter_forward(x, ldx, ln_w, ln_b, eps, A, a_bias, up_w, up_b, scale, p, seed, key,
-                                              site, a, z, u, mean, rstd, M, D, R, G);
+                                              site, a, z, u, u16, mean, rstd, M, D, R, G);
     });
   }
   Status adapter_fold(float* W, float* c, const float* A, const float* a, const float* w, const float* b, int64_t O,

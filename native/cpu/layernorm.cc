@@ -1,6 +1,8 @@
 // LayerNorm over the last dimension, as torch.nn.LayerNorm (biased variance, eps inside sqrt).
 #include <cmath>
+#include <vector>
 
+#include "../core/bf16.h"
 #include "cpu_backend.h"
 #include "layernorm_row.h"
 
@@ -15,14 +17,23 @@ RA_VECTOR_CLONES void normalize_row(const float* x, const float* w, const float*
 }  // namespace
 
 Status CpuBackend::layernorm_forward(const float* x, int64_t ldx, const float* w, const float* b,
-                                     float* y, int64_t ldy, float* mean, float* rstd, int64_t M,
-                                     int64_t D, float eps) {
-#pragma omp parallel for schedule(static)
-  for (int64_t m = 0; m < M; ++m) {
-    float mu, r;
-    normalize_row(x + m * ldx, w, b, y + m * ldy, D, eps, &mu, &r);
-    if (mean) mean[m] = mu;
-    if (rstd) rstd[m] = r;
+                                     float* y, uint16_t* y_bf16, int64_t ldy, float* mean,
+                                     float* rstd, int64_t M, int64_t D, float eps) {
+  if ((y == nullptr) == (y_bf16 == nullptr))
+    return InvalidArgument("layernorm_forward: exactly one of y and y_bf16");
+#pragma omp parallel
+  {
+    // A bf16 y: each row in float32 first, then rounded.
+    std::vector<float> row(y_bf16 ? D : 0);
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < M; ++m) {
+      float mu, r;
+      normalize_row(x + m * ldx, w, b, y ? y + m * ldy : row.data(), D, eps, &mu, &r);
+      if (y_bf16)
+        for (int64_t d = 0; d < D; ++d) y_bf16[m * ldy + d] = bf16_from_float(row[d]);
+      if (mean) mean[m] = mu;
+      if (rstd) rstd[m] = r;
+    }
   }
   return Status::Ok();
 }

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <vector>
 
+#include "../core/bf16.h"
 #include "../core/rng.h"
 #include "cpu_backend.h"
 #include "layernorm_row.h"
@@ -25,8 +26,9 @@ struct Args {
   uint64_t seed, stream;
 };
 
-// Row m; `a_row` receives LN(x[m]): the caller's a (backward reads it) or per-thread scratch.
-RA_VECTOR_CLONES void fused_row(const Args& f, int64_t m, float* a_row) {
+// Row m; `a_row` receives LN(x[m]): the caller's a (backward reads it) or per-thread scratch;
+// `u_row` receives u[m]: the caller's u, or per-thread scratch that a bf16 u is rounded from.
+RA_VECTOR_CLONES void fused_row(const Args& f, int64_t m, float* a_row, float* u_row) {
   const int64_t D = f.D, R = f.R, Dg = D / f.G, Rg = R / f.G;
   const float* x = f.x + m * f.ldx;
   float mu, r;
@@ -51,7 +53,7 @@ RA_VECTOR_CLONES void fused_row(const Args& f, int64_t m, float* a_row) {
   // order the CUDA kernels use). The row of u is the accumulator, one pass per j: with the j
   // loop inside the d loop (up_rows' form) GCC vectorises only the short j loop, which made
   // this part cost more than the rest of the row.
-  float* u = f.u + m * D;
+  float* u = u_row;
   const float scale = f.scale;
   for (int64_t k = 0; k < f.G; ++k) {
     const int64_t d0 = k * Dg;
@@ -78,9 +80,11 @@ Status CpuBackend::layernorm_adapter_forward(const float* x, int64_t ldx, const 
                                              const float* a_bias, const float* up_w,
                                              const float* up_b, float scale, float p,
                                              uint64_t seed, const uint64_t* step_key,
-                                             uint64_t site, float* a, float* z,
-                                             float* u, float* mean, float* rstd, int64_t M,
-                                             int64_t D, int64_t R, int64_t G) {
+                                             uint64_t site, float* a, float* z, float* u,
+                                             uint16_t* u_bf16, float* mean, float* rstd,
+                                             int64_t M, int64_t D, int64_t R, int64_t G) {
+  if ((u == nullptr) == (u_bf16 == nullptr))
+    return InvalidArgument("layernorm_adapter_forward: exactly one of u and u_bf16");
   if (G <= 0 || D % G != 0 || R % G != 0)
     return InvalidArgument("layernorm_adapter_forward: groups must divide D and R");
   if (ldx < D) return InvalidArgument("layernorm_adapter_forward: ldx is smaller than D");
@@ -95,9 +99,13 @@ Status CpuBackend::layernorm_adapter_forward(const float* x, int64_t ldx, const 
                p > 0.0f ? *step_key ^ site : 0};
 #pragma omp parallel
   {
-    std::vector<float> scratch(a ? 0 : D);
+    std::vector<float> a_scratch(a ? 0 : D), u_scratch(u ? 0 : D);
 #pragma omp for schedule(static)
-    for (int64_t m = 0; m < M; ++m) fused_row(f, m, a ? a + m * D : scratch.data());
+    for (int64_t m = 0; m < M; ++m) {
+      fused_row(f, m, a ? a + m * D : a_scratch.data(), u ? u + m * D : u_scratch.data());
+      if (u_bf16)
+        for (int64_t d = 0; d < D; ++d) u_bf16[m * D + d] = bf16_from_float(u_scratch[d]);
+    }
   }
   return Status::Ok();
 }

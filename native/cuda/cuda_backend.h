@@ -71,8 +71,8 @@ class CudaBackend final : public Backend {
                          int64_t B, int64_t P, int64_t D) override;
 
   Status layernorm_forward(const float* x, int64_t ldx, const float* w, const float* b, float* y,
-                           int64_t ldy, float* mean, float* rstd, int64_t M, int64_t D,
-                           float eps) override;
+                           uint16_t* y_bf16, int64_t ldy, float* mean, float* rstd, int64_t M,
+                           int64_t D, float eps) override;
   Status layernorm_backward(const float* dy, int64_t ldy, const float* x, int64_t ldx,
                             const float* w, const float* mean, const float* rstd, float* dx,
                             float* dw, float* db, int64_t M, int64_t D) override;
@@ -108,9 +108,9 @@ class CudaBackend final : public Backend {
                                    const float* ln_b, float eps, const float* A,
                                    const float* a_bias, const float* up_w, const float* up_b,
                                    float scale, float p, uint64_t seed, const uint64_t* step_key,
-                                   uint64_t site, float* a,
-                                   float* z, float* u, float* mean, float* rstd, int64_t M,
-                                   int64_t D, int64_t R, int64_t G) override;
+                                   uint64_t site, float* a, float* z, float* u, uint16_t* u_bf16,
+                                   float* mean, float* rstd, int64_t M, int64_t D, int64_t R,
+                                   int64_t G) override;
   Status adapter_fold(float* W, float* c, const float* A, const float* a, const float* w,
                       const float* b, int64_t O, int64_t D, int64_t R, int64_t G,
                       float scale) override;

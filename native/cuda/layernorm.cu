@@ -5,6 +5,7 @@
 // statistics round to the same floats.
 #include <cmath>
 
+#include "../core/bf16.h"
 #include "common.cuh"
 
 namespace repadapter {
@@ -12,18 +13,24 @@ namespace {
 
 constexpr int kRowsPerBlock = 8;  // one warp per row
 
+// y or, where given, y16 (the row rounded to bf16).
 __global__ void layernorm_forward_kernel(const float* x, int64_t ldx, const float* w,
-                                         const float* b, float* y, int64_t ldy, float* mean,
-                                         float* rstd, int64_t M, int64_t D, float eps) {
+                                         const float* b, float* y, uint16_t* y16, int64_t ldy,
+                                         float* mean, float* rstd, int64_t M, int64_t D, float eps) {
   const int lane = threadIdx.x & 31;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kRowsPerBlock;
   for (int64_t m = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5); m < M;
        m += warps) {
     const float* xr = x + m * ldx;
-    float* yr = y + m * ldy;
     float muf, r;
     cuda_detail::warp_row_stats(xr, D, eps, lane, &muf, &r);
-    for (int64_t d = lane; d < D; d += 32) yr[d] = cuda_detail::layernorm_value(xr[d], muf, r, w[d], b[d]);
+    for (int64_t d = lane; d < D; d += 32) {
+      const float v = cuda_detail::layernorm_value(xr[d], muf, r, w[d], b[d]);
+      if (y16)
+        y16[m * ldy + d] = bf16_from_float(v);
+      else
+        y[m * ldy + d] = v;
+    }
     if (lane == 0) {
       if (mean) mean[m] = muf;
       if (rstd) rstd[m] = r;
@@ -82,12 +89,14 @@ unsigned row_blocks(const CudaBackend& be, int64_t M) {
 }  // namespace
 
 Status CudaBackend::layernorm_forward(const float* x, int64_t ldx, const float* w,
-                                      const float* b, float* y, int64_t ldy, float* mean,
-                                      float* rstd, int64_t M, int64_t D, float eps) {
+                                      const float* b, float* y, uint16_t* y_bf16, int64_t ldy,
+                                      float* mean, float* rstd, int64_t M, int64_t D, float eps) {
+  if ((y == nullptr) == (y_bf16 == nullptr))
+    return InvalidArgument("layernorm_forward: exactly one of y and y_bf16");
   RA_CUDA_ENTRY();
   if (M <= 0 || D <= 0) return Status::Ok();
   layernorm_forward_kernel<<<row_blocks(*this, M), 32 * kRowsPerBlock, 0, stream_>>>(
-      x, ldx, w, b, y, ldy, mean, rstd, M, D, eps);
+      x, ldx, w, b, y, y_bf16, ldy, mean, rstd, M, D, eps);
   return launched("layernorm_forward");
 }
 

@@ -7,6 +7,7 @@
 // adapter_up_forward_kernel's float order for u. The R dot products are warp reductions in
 // double, so z differs from the composed path only by the float rounding of cuBLAS's sums.
 #include "../core/rng.h"
+#include "../core/bf16.h"
 #include "common.cuh"
 
 namespace repadapter {
@@ -18,6 +19,7 @@ constexpr size_t kStaticSharedLimit = 48 * 1024;  // what a launch gets without 
 struct Args {
   const float *x, *ln_w, *ln_b, *A, *a_bias, *up_w, *up_b;
   float *a, *z, *u, *mean, *rstd;
+  uint16_t* u16;  // in u's place where given: u rounded to bf16
   int64_t ldx, D, R, G;
   float eps, scale, p, keep_scale;
   uint64_t seed, site;
@@ -67,13 +69,16 @@ __global__ void layernorm_adapter_kernel(Args f, int64_t M) {
     }
     __syncwarp();
 
-    float* ur = f.u + m * D;
     for (int64_t d = lane; d < D; d += 32) {
       const float* zg = zs + (d / Dg) * Rg;
       const float* wr = f.up_w + d * Rg;
       float acc = f.up_b[d];
       for (int64_t j = 0; j < Rg; ++j) acc = __fadd_rn(acc, __fmul_rn(wr[j], zg[j]));
-      ur[d] = __fadd_rn(row[d], __fmul_rn(f.scale, acc));
+      const float v = __fadd_rn(row[d], __fmul_rn(f.scale, acc));
+      if (f.u16)
+        f.u16[m * D + d] = bf16_from_float(v);
+      else
+        f.u[m * D + d] = v;
     }
     __syncwarp();  // lane 0 rewrites zs for the warp's next row
   }
@@ -86,9 +91,11 @@ Status CudaBackend::layernorm_adapter_forward(const float* x, int64_t ldx, const
                                               const float* a_bias, const float* up_w,
                                               const float* up_b, float scale, float p,
                                               uint64_t seed, const uint64_t* step_key,
-                                              uint64_t site, float* a, float* z,
-                                              float* u, float* mean, float* rstd, int64_t M,
-                                              int64_t D, int64_t R, int64_t G) {
+                                              uint64_t site, float* a, float* z, float* u,
+                                              uint16_t* u_bf16, float* mean, float* rstd,
+                                              int64_t M, int64_t D, int64_t R, int64_t G) {
+  if ((u == nullptr) == (u_bf16 == nullptr))
+    return InvalidArgument("layernorm_adapter_forward: exactly one of u and u_bf16");
   RA_CUDA_ENTRY();
   if (G <= 0 || D % G != 0 || R % G != 0)
     return InvalidArgument("layernorm_adapter_forward: groups must divide D and R");
@@ -103,7 +110,7 @@ Status CudaBackend::layernorm_adapter_forward(const float* x, int64_t ldx, const
   const int64_t needed = (M + warps_per_block - 1) / warps_per_block;
   const unsigned blocks = static_cast<unsigned>(
       std::max<int64_t>(1, std::min<int64_t>(needed, static_cast<int64_t>(sm_count()) * 16)));
-  const Args f{x, ln_w, ln_b, A, a_bias, up_w, up_b, a, z, u, mean, rstd, ldx, D, R, G,
+  const Args f{x, ln_w, ln_b, A, a_bias, up_w, up_b, a, z, u, mean, rstd, u_bf16, ldx, D, R, G,
                eps, scale, p, p > 0.0f ? 1.0f / (1.0f - p) : 1.0f, seed, site, step_key};
   layernorm_adapter_kernel<<<blocks, 32 * warps_per_block, warps_per_block * row_bytes, stream_>>>(f, M);
   return launched("layernorm_adapter_forward");

@@ -52,12 +52,12 @@ Status adapter_forward(Backend& be, const AdapterRef& p, const float* x, float* 
 
 Status layernorm_adapter_forward(Backend& be, const float* x, int64_t ldx, const float* w,
                                  const float* b, float eps, const AdapterRef& p, float* a,
-                                 float* z, float* u, float* mean, float* rstd, int64_t M,
-                                 bool train, const DropoutDraw& draw) {
+                                 float* z, float* u, uint16_t* u_bf16, float* mean, float* rstd,
+                                 int64_t M, bool train, const DropoutDraw& draw) {
   const float dropout = train ? p.dropout : 0.0f;
   return be.layernorm_adapter_forward(x, ldx, w, b, eps, p.down.w, p.down.b, p.up_w, p.up_b,
                                       p.scale, dropout, draw.seed, draw.step_key, draw.site, a, z,
-                                      u, mean, rstd, M, p.D, p.R, p.G);
+                                      u, u_bf16, mean, rstd, M, p.D, p.R, p.G);
 }
 
 Status adapter_backward(Backend& be, const AdapterRef& p, const float* x, const float* z,

@@ -56,11 +56,12 @@ Status adapter_forward(Backend& be, const AdapterRef& p, const float* x, float* 
 // a = LayerNorm(x; w, b, eps) and the adapter on it, u = a + s·(B̂ · dropout(A a + conv_A's
 // bias) + b), in one backend op: adapter_forward after layernorm_forward, one pass over the rows.
 // x: [M, D] rows ldx apart; z [M, R] as adapter_forward keeps it; a [M, D], mean and rstd [M]
-// are written only where given (what backward reads), else null.
+// are written only where given (what backward reads), else null. u_bf16 may replace u (then
+// null): u rounded to bf16, for a frozen bf16 Linear that reads it.
 Status layernorm_adapter_forward(Backend& be, const float* x, int64_t ldx, const float* w,
                                  const float* b, float eps, const AdapterRef& p, float* a,
-                                 float* z, float* u, float* mean, float* rstd, int64_t M,
-                                 bool train, const DropoutDraw& draw);
+                                 float* z, float* u, uint16_t* u_bf16, float* mean, float* rstd,
+                                 int64_t M, bool train, const DropoutDraw& draw);
 // d holds dy on entry and dx on return (the skip passes dy through, the low-rank path adds);
 // dz [M, R] is scratch.
 Status adapter_backward(Backend& be, const AdapterRef& p, const float* x, const float* z,

@@ -147,13 +147,21 @@ const std::map<std::string, OpFn>& registry() {
        RA_RETURN_IF_ERROR(linear_backward(c.be, c.buf["dy_y"], c.buf["x"], M, l, c.buf["d_x"]));
        return c.get({"d_x", "d_w", "d_b"});
      }},
-    {"layernorm", [](Context& c) {  // x [M,D], w [D], b [D] → y [M,D]
+    // x [M,D], w [D], b [D] → y [M,D]; bf16_out: 1 returns y in bf16 (widened here).
+    {"layernorm", [](Context& c) {
        const int64_t M = c.i("M"), D = c.i("D");
        RA_RETURN_IF_ERROR(c.inputs({{"x", M * D}, {"w", D}, {"b", D}}));
        RA_RETURN_IF_ERROR(c.zeros("y", M * D));
        RA_RETURN_IF_ERROR(c.zeros("mean", M));
        RA_RETURN_IF_ERROR(c.zeros("rstd", M));
-       RA_RETURN_IF_ERROR(c.be.layernorm_forward(c.buf["x"], D, c.buf["w"], c.buf["b"], c.buf["y"], D,
+       if (c.i("bf16_out")) {
+         RA_RETURN_IF_ERROR(c.zeros("y16", (M * D + 1) / 2));
+         RA_RETURN_IF_ERROR(c.be.layernorm_forward(c.buf["x"], D, c.buf["w"], c.buf["b"], nullptr,
+                                                   reinterpret_cast<uint16_t*>(c.buf["y16"]), D, c.buf["mean"],
+                                                   c.buf["rstd"], M, D, c.f("eps", 1e-6f)));
+         return c.buf.get_bf16("y16", M * D, "y", c.out);  // forward only
+       }
+       RA_RETURN_IF_ERROR(c.be.layernorm_forward(c.buf["x"], D, c.buf["w"], c.buf["b"], c.buf["y"], nullptr, D,
                                                  c.buf["mean"], c.buf["rstd"], M, D, c.f("eps", 1e-6f)));
        RA_RETURN_IF_ERROR(c.get({"y"}));
        if (!c.dout) return Status::Ok();
@@ -275,8 +283,8 @@ const std::map<std::string, OpFn>& registry() {
        return c.get({"d_A", "d_a", "d_Bw", "d_b"});
      }},
     // x [M, ldx] (ldx ≥ D, default D), ln_w, ln_b [D], adapter A [R,D], a [R], Bw [D,R/G], b [D]
-    // → u [M,D], z [M,R]; with keep: 1 also a [M,D], mean, rstd [M]. Forward only: the model's
-    // backward runs layernorm's and the adapter's.
+    // → u [M,D], z [M,R]; with keep: 1 also a [M,D], mean, rstd [M]; with bf16_out: 1 u in bf16
+    // (widened here). Forward only: the model's backward runs layernorm's and the adapter's.
     {"layernorm_adapter", [](Context& c) {
        const int64_t M = c.i("M"), D = c.i("D"), R = c.i("R"), G = c.i("G");
        const int64_t ldx = c.attrs.count("ldx") ? c.i("ldx") : D;
@@ -285,6 +293,8 @@ const std::map<std::string, OpFn>& registry() {
        if (G <= 0 || R % G != 0 || ldx < D) return InvalidArgument("layernorm_adapter: needs G | R and ldx >= D");
        RA_RETURN_IF_ERROR(c.inputs({{"x", M * ldx}, {"ln_w", D}, {"ln_b", D}, {"A", R * D}, {"a", R},
                                     {"Bw", D * (R / G)}, {"b", D}}));
+       const bool bf16_out = c.i("bf16_out") != 0;  // u returned in bf16, widened here
+       RA_RETURN_IF_ERROR(c.zeros("u16", (M * D + 1) / 2));
        RA_RETURN_IF_ERROR(c.zeros("u", M * D));
        RA_RETURN_IF_ERROR(c.zeros("z", M * R));
        if (keep) {
@@ -298,9 +308,13 @@ const std::map<std::string, OpFn>& registry() {
        const DropoutDraw draw{static_cast<uint64_t>(c.i("seed")), c.buf.as<uint64_t>("step_key"), 0};
        RA_RETURN_IF_ERROR(layernorm_adapter_forward(
            c.be, c.buf["x"], ldx, c.buf["ln_w"], c.buf["ln_b"], c.f("eps", 1e-6f), p, keep ? c.buf["a_out"] : nullptr,
-           c.buf["z"], c.buf["u"], keep ? c.buf["mean"] : nullptr, keep ? c.buf["rstd"] : nullptr, M, train,
-           draw));
-       RA_RETURN_IF_ERROR(c.get({"u", "z"}));
+           c.buf["z"], bf16_out ? nullptr : c.buf["u"], bf16_out ? reinterpret_cast<uint16_t*>(c.buf["u16"]) : nullptr,
+           keep ? c.buf["mean"] : nullptr, keep ? c.buf["rstd"] : nullptr, M, train, draw));
+       if (bf16_out)
+         RA_RETURN_IF_ERROR(c.buf.get_bf16("u16", M * D, "u", c.out));
+       else
+         RA_RETURN_IF_ERROR(c.get({"u"}));
+       RA_RETURN_IF_ERROR(c.get({"z"}));
        return keep ? c.get({"a_out", "mean", "rstd"}) : Status::Ok();
      }},
     {"patch_embed", [](Context& c) {  // images [B,3,S,S], w [D,Q], b [D] → y [B·P, D]

@@ -579,21 +579,13 @@ Status ViT::forward_compute(int64_t B, bool train) {
     float* x_out = i + 1 < c.depth ? saved_[i + 1].x_in : x_final_;
 
     // Attention branch: x_mid = x_in + drop_path(proj(attn(qkv(adapter(norm1(x_in)))))).
-    const float* qkv_in = s.a1;
-    if (k.adapter_attn.A) {
-      RA_RETURN_IF_ERROR(layernorm_adapter_forward(backend_, s.x_in, D, k.norm1.w->data, k.norm1.b->data, c.ln_eps,
-                                                   ref(k.adapter_attn), nullptr, s.z1, s.u1,
-                                                   s.mean1, s.rstd1, M, train, dropout_draw(i, 0)));
-      qkv_in = s.u1;
-    } else {
-      RA_RETURN_IF_ERROR(backend_.layernorm_forward(s.x_in, D, k.norm1.w->data, k.norm1.b->data, s.a1, D,
-                                                    s.mean1, s.rstd1, M, D, c.ln_eps));
-    }
+    NormOutput qkv_in;
+    RA_RETURN_IF_ERROR(norm_and_adapter(i, 0, M, train, true, &qkv_in));
     if (compute_dtype_ == DType::kBF16)
-      RA_RETURN_IF_ERROR(linear_forward(backend_, qkv_in, M, ref(k.qkv), nullptr, 0.0f,
-                                        {nullptr, static_cast<uint16_t*>(s.qkv)}));
+      RA_RETURN_IF_ERROR(linear_forward(backend_, qkv_in.f32, M, ref(k.qkv), nullptr, 0.0f,
+                                        {qkv_in.bf16, static_cast<uint16_t*>(s.qkv)}));
     else
-      RA_RETURN_IF_ERROR(linear_forward(backend_, qkv_in, M, ref(k.qkv), static_cast<float*>(s.qkv)));
+      RA_RETURN_IF_ERROR(linear_forward(backend_, qkv_in.f32, M, ref(k.qkv), static_cast<float*>(s.qkv)));
     // With bf16 activations attention's output comes rounded to bf16, which proj's product would
     // do to its operand anyway.
     const bool o_bf16 = bf16_activations();
@@ -613,23 +605,15 @@ Status ViT::forward_compute(int64_t B, bool train) {
     }
 
     // MLP branch: x_out = x_mid + drop_path(fc2(gelu(fc1(adapter(norm2(x_mid)))))).
-    const float* fc1_in = s.a2;
-    if (k.adapter_mlp.A) {
-      RA_RETURN_IF_ERROR(layernorm_adapter_forward(backend_, s.x_mid, D, k.norm2.w->data, k.norm2.b->data, c.ln_eps,
-                                                   ref(k.adapter_mlp), nullptr, s.z2, s.u2,
-                                                   s.mean2, s.rstd2, M, train, dropout_draw(i, 1)));
-      fc1_in = s.u2;
-    } else {
-      RA_RETURN_IF_ERROR(backend_.layernorm_forward(s.x_mid, D, k.norm2.w->data, k.norm2.b->data, s.a2, D,
-                                                    s.mean2, s.rstd2, M, D, c.ln_eps));
-    }
+    NormOutput fc1_in;
+    RA_RETURN_IF_ERROR(norm_and_adapter(i, 1, M, train, true, &fc1_in));
     if (s.g_bf16) {
-      RA_RETURN_IF_ERROR(linear_forward(backend_, fc1_in, M, ref(k.fc1), nullptr, 0.0f, {nullptr, s.h_bf16}));
+      RA_RETURN_IF_ERROR(linear_forward(backend_, nullptr, M, ref(k.fc1), nullptr, 0.0f, {fc1_in.bf16, s.h_bf16}));
       RA_RETURN_IF_ERROR(backend_.gelu_forward_bf16(s.h_bf16, s.g_bf16, M * F));
     } else {
       // Backward reads GELU's input (s.h, or its bf16 copy); otherwise GELU runs in place.
       float* fc1_out = s.h ? s.h : s.g;
-      RA_RETURN_IF_ERROR(linear_forward(backend_, fc1_in, M, ref(k.fc1), fc1_out));
+      RA_RETURN_IF_ERROR(linear_forward(backend_, fc1_in.f32, M, ref(k.fc1), fc1_out));
       if (s.h_bf16) RA_RETURN_IF_ERROR(backend_.convert_to_bf16(fc1_out, s.h_bf16, M * F));
       RA_RETURN_IF_ERROR(backend_.gelu_forward(fc1_out, s.g, M * F));
     }
@@ -644,7 +628,7 @@ Status ViT::forward_compute(int64_t B, bool train) {
   }
 
   // The head reads only the cls token: LayerNorm its rows (stride N·D) and nothing else.
-  RA_RETURN_IF_ERROR(backend_.layernorm_forward(x_final_, N * D, norm_.w->data, norm_.b->data, feat_, D,
+  RA_RETURN_IF_ERROR(backend_.layernorm_forward(x_final_, N * D, norm_.w->data, norm_.b->data, feat_, nullptr, D,
                                                 final_mean_, final_rstd_, B, D, c.ln_eps));
   return linear_forward(backend_, feat_, B, ref(head_), logits_);
 }
@@ -654,23 +638,40 @@ Status ViT::forward_compute(int64_t B, bool train) {
 // Block i's GELU input again, as forward computed it (set_recompute_mlp): the norm output, or the
 // adapter's with the same dropout draw, then fc1 — into the buffers backward reads it from.
 Status ViT::recompute_gelu_input(int64_t i, int64_t M) {
+  const Block& k = blocks_[i];
+  const Saved& s = saved_[i];
+  NormOutput fc1_in;
+  RA_RETURN_IF_ERROR(norm_and_adapter(i, 1, M, true, false, &fc1_in));
+  if (s.g_bf16) return linear_forward(backend_, nullptr, M, ref(k.fc1), nullptr, 0.0f, {fc1_in.bf16, s.h_bf16});
+  RA_RETURN_IF_ERROR(linear_forward(backend_, fc1_in.f32, M, ref(k.fc1), recompute_fc1_out_));
+  if (s.h_bf16) return backend_.convert_to_bf16(recompute_fc1_out_, s.h_bf16, M * config_.mlp_hidden);
+  return Status::Ok();
+}
+
+// Block i's norm `which` (0: norm1, before qkv; 1: norm2, before fc1) of its input, then the
+// adapter after it where there is one: the input of the Linear that follows, float32 in the
+// shared buffers, or rounded to bf16 in their place with bf16 activations (that Linear's product
+// rounds it anyway). stats: keep the norm's mean and rstd where backward needs them.
+Status ViT::norm_and_adapter(int64_t i, int which, int64_t M, bool train, bool stats, NormOutput* out) {
   const ViTConfig& c = config_;
   const Block& k = blocks_[i];
   const Saved& s = saved_[i];
-  const int64_t D = c.width, F = c.mlp_hidden;
-  const float* fc1_in = s.a2;
-  if (k.adapter_mlp.A) {
-    RA_RETURN_IF_ERROR(layernorm_adapter_forward(backend_, s.x_mid, D, k.norm2.w->data, k.norm2.b->data, c.ln_eps,
-                                                 ref(k.adapter_mlp), nullptr, s.z2, s.u2, nullptr, nullptr, M,
-                                                 true, dropout_draw(i, 1)));
-    fc1_in = s.u2;
-  } else {
-    RA_RETURN_IF_ERROR(backend_.layernorm_forward(s.x_mid, D, k.norm2.w->data, k.norm2.b->data, s.a2, D,
-                                                  nullptr, nullptr, M, D, c.ln_eps));
-  }
-  if (s.g_bf16) return linear_forward(backend_, fc1_in, M, ref(k.fc1), nullptr, 0.0f, {nullptr, s.h_bf16});
-  RA_RETURN_IF_ERROR(linear_forward(backend_, fc1_in, M, ref(k.fc1), recompute_fc1_out_));
-  if (s.h_bf16) return backend_.convert_to_bf16(recompute_fc1_out_, s.h_bf16, M * F);
+  const Norm& norm = which == 0 ? k.norm1 : k.norm2;
+  const Adapter& adapter = which == 0 ? k.adapter_attn : k.adapter_mlp;
+  const float* x = which == 0 ? s.x_in : s.x_mid;
+  float* mean = stats ? (which == 0 ? s.mean1 : s.mean2) : nullptr;
+  float* rstd = stats ? (which == 0 ? s.rstd1 : s.rstd2) : nullptr;
+  float* y = adapter.A ? (which == 0 ? s.u1 : s.u2) : (which == 0 ? s.a1 : s.a2);
+  uint16_t* y16 = bf16_activations() ? reinterpret_cast<uint16_t*>(y) : nullptr;
+  if (y16) y = nullptr;
+  if (adapter.A)
+    RA_RETURN_IF_ERROR(layernorm_adapter_forward(backend_, x, c.width, norm.w->data, norm.b->data, c.ln_eps,
+                                                 ref(adapter), nullptr, which == 0 ? s.z1 : s.z2, y, y16, mean,
+                                                 rstd, M, train, dropout_draw(i, which)));
+  else
+    RA_RETURN_IF_ERROR(backend_.layernorm_forward(x, c.width, norm.w->data, norm.b->data, y, y16, c.width, mean,
+                                                  rstd, M, c.width, c.ln_eps));
+  *out = {y, y16};
   return Status::Ok();
 }
 
@@ -721,7 +722,7 @@ Status ViT::backward_compute(const Target& target) {
   const bool adapters_train = c.trainable != Trainable::kHead, all = c.trainable == Trainable::kAll;
   auto norm_output = [&](const Norm& n, const float* x, float* a, bool has_adapter) -> Status {
     if (!(has_adapter ? adapters_train : all)) return Status::Ok();
-    return backend_.layernorm_forward(x, D, n.w->data, n.b->data, a, D, nullptr, nullptr, M, D, c.ln_eps);
+    return backend_.layernorm_forward(x, D, n.w->data, n.b->data, a, nullptr, D, nullptr, nullptr, M, D, c.ln_eps);
   };
   RA_RETURN_IF_ERROR(backend_.fill(dx_, M * D, 0.0f));
   RA_RETURN_IF_ERROR(backend_.layernorm_backward(d_feat_, D, x_final_, N * D, norm_.w->data, final_mean_,

@@ -182,6 +182,11 @@ class ViT {
                       const SgdStep* sgd);
   Status update_compute(bool adamw);
   Status recompute_gelu_input(int64_t i, int64_t M);
+  struct NormOutput {  // one of the two
+    const float* f32 = nullptr;
+    const uint16_t* bf16 = nullptr;
+  };
+  Status norm_and_adapter(int64_t i, int which, int64_t M, bool train, bool stats, NormOutput* out);
   // A recorded graph of one computation, for the shape `key` (see run_recorded).
   struct Recording {
     void* graph = nullptr;

@@ -73,12 +73,13 @@ class PoisonBackend final : public Backend {
   }
 
   Status layernorm_forward(const float* x, int64_t ldx, const float* w, const float* b, float* y,
-                           int64_t ldy, float* mean, float* rstd, int64_t M, int64_t D,
-                           float eps) override {
-    RA_RETURN_IF_ERROR(poison_rows(y, M, D, ldy));
+                           uint16_t* y_bf16, int64_t ldy, float* mean, float* rstd, int64_t M,
+                           int64_t D, float eps) override {
+    if (y) RA_RETURN_IF_ERROR(poison_rows(y, M, D, ldy));
+    if (y_bf16 && ldy == D) RA_RETURN_IF_ERROR(poison_bf16(y_bf16, M * D));
     if (mean) RA_RETURN_IF_ERROR(poison(mean, M));
     if (rstd) RA_RETURN_IF_ERROR(poison(rstd, M));
-    return inner_.layernorm_forward(x, ldx, w, b, y, ldy, mean, rstd, M, D, eps);
+    return inner_.layernorm_forward(x, ldx, w, b, y, y_bf16, ldy, mean, rstd, M, D, eps);
   }
   Status layernorm_backward(const float* dy, int64_t ldy, const float* x, int64_t ldx,
                             const float* w, const float* mean, const float* rstd, float* dx,
@@ -150,16 +151,17 @@ class PoisonBackend final : public Backend {
                                    const float* a_bias, const float* up_w, const float* up_b,
                                    float scale, float p, uint64_t seed, const uint64_t* step_key,
                                    uint64_t site, float* a,
-                                   float* z, float* u, float* mean, float* rstd, int64_t M,
-                                   int64_t D, int64_t R, int64_t G) override {
-    RA_RETURN_IF_ERROR(poison(u, M * D));
+                                   float* z, float* u, uint16_t* u_bf16, float* mean, float* rstd,
+                                   int64_t M, int64_t D, int64_t R, int64_t G) override {
+    if (u) RA_RETURN_IF_ERROR(poison(u, M * D));
+    if (u_bf16) RA_RETURN_IF_ERROR(poison_bf16(u_bf16, M * D));
     RA_RETURN_IF_ERROR(poison(z, M * R));
     if (a) RA_RETURN_IF_ERROR(poison(a, M * D));
     if (mean) RA_RETURN_IF_ERROR(poison(mean, M));
     if (rstd) RA_RETURN_IF_ERROR(poison(rstd, M));
     return inner_.layernorm_adapter_forward(x, ldx, ln_w, ln_b, eps, A, a_bias, up_w, up_b, scale,
-                                            p, seed, step_key, site, a, z, u, mean, rstd, M, D, R,
-                                            G);
+                                            p, seed, step_key, site, a, z, u, u_bf16, mean, rstd, M,
+                                            D, R, G);
   }
   Status adapter_fold(float* W, float* c, const float* A, const float* a, const float* w,
                       const float* b, int64_t O, int64_t D, int64_t R, int64_t G,
