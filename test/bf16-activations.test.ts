@@ -100,3 +100,14 @@ test('LayerNorm, and LayerNorm with the adapter, can hand their output over in b
   t.deepEqual(u16.z, u.z, 'z (what backward keeps) stays float32');
   t.notDeepEqual(u16.u, u.u);
 });
+
+test('the residual op can hand the branch gradient over in bf16: the float32 one, rounded, bit for bit', (t) => {
+  const random = rng(41);
+  const [B, row] = [3, 50];
+  const inputs = { x: randn(random, B * row), branch: randn(random, B * row), keep: Float32Array.from([0, 1.25, 1.25]) };
+  const dy = { y: randn(random, B * row) };
+  const wide = native.runOp('residual', { B, row }, inputs, dy).d_branch;
+  const narrow = native.runOp('residual', { B, row, bf16_grad: 1 }, inputs, dy).d_branch;
+  t.deepEqual(narrow, wide.map(bf16Round));
+  t.notDeepEqual(narrow, wide);
+});

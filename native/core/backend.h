@@ -237,9 +237,10 @@ class Backend {
   // its own spares a copy of the stream where backward keeps both.
   virtual Status residual_add(float* y, const float* x, const float* branch,
                               const float* keep_scale, int64_t B, int64_t row) = 0;
-  // d_branch[b] = keep_scale[b] · dx[b] (overwrites).
-  virtual Status residual_backward(const float* dx, float* d_branch, const float* keep_scale,
-                                   int64_t B, int64_t row) = 0;
+  // d_branch[b] = keep_scale[b] · dx[b] (overwrites). d_branch_bf16 may replace d_branch (then
+  // null): the same rounded to bf16, for a frozen bf16 Linear that reads it.
+  virtual Status residual_backward(const float* dx, float* d_branch, uint16_t* d_branch_bf16,
+                                   const float* keep_scale, int64_t B, int64_t row) = 0;
 
   // ---- loss (cpu/loss.cc) -----------------------------------------------------------------
   // Mean softmax cross-entropy over B rows of logits [B, C], against integer labels [B] with

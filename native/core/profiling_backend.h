@@ -130,8 +130,10 @@ class ProfilingBackend final : public Backend {
                       int64_t row) override {
     return time("residual_add", 0, [&] { return inner_.residual_add(y, x, branch, keep, B, row); });
   }
-  Status residual_backward(const float* dx, float* d_branch, const float* keep, int64_t B, int64_t row) override {
-    return time("residual_backward", 0, [&] { return inner_.residual_backward(dx, d_branch, keep, B, row); });
+  Status residual_backward(const float* dx, float* d_branch, uint16_t* d_branch16, const float* keep, int64_t B,
+                           int64_t row) override {
+    return time("residual_backward", 0,
+                [&] { return inner_.residual_backward(dx, d_branch, d_branch16, keep, B, row); });
   }
   Status cross_entropy(const float* logits, const int32_t* labels, const float* soft, float smoothing, float* loss,
                        float* d_logits, int64_t B, int64_t C) override {

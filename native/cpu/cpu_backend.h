@@ -81,8 +81,8 @@ class CpuBackend final : public Backend {
 
   Status residual_add(float* y, const float* x, const float* branch, const float* keep_scale,
                       int64_t B, int64_t row) override;
-  Status residual_backward(const float* dx, float* d_branch, const float* keep_scale, int64_t B,
-                           int64_t row) override;
+  Status residual_backward(const float* dx, float* d_branch, uint16_t* d_branch_bf16,
+                           const float* keep_scale, int64_t B, int64_t row) override;
 
   Status cross_entropy(const float* logits, const int32_t* labels, const float* soft_targets,
                        float smoothing, float* loss, float* d_logits, int64_t B,

@@ -353,7 +353,8 @@ const std::map<std::string, OpFn>& registry() {
        RA_RETURN_IF_ERROR(c.be.tokens_backward(c.buf["dy_x"], c.buf["d_embedded"], c.buf["d_cls"], c.buf["d_pos"], B, P, D));
        return c.get({"d_embedded", "d_cls", "d_pos"});
      }},
-    // x [B,row], branch [B,row], keep [B] → y = x + keep·branch; in_place: 1 writes y over x.
+    // x [B,row], branch [B,row], keep [B] → y = x + keep·branch; in_place: 1 writes y over x;
+    // bf16_grad: 1 returns d_branch in bf16 (widened here).
     {"residual", [](Context& c) {
        const int64_t B = c.i("B"), row = c.i("row");
        RA_RETURN_IF_ERROR(c.inputs({{"x", B * row}, {"branch", B * row}, {"keep", B}}));
@@ -368,11 +369,19 @@ const std::map<std::string, OpFn>& registry() {
        if (!c.dout) return Status::Ok();
        RA_RETURN_IF_ERROR(c.grad_of("y", B * row));
        RA_RETURN_IF_ERROR(c.zeros("d_branch", B * row));
-       RA_RETURN_IF_ERROR(c.be.residual_backward(c.buf["dy_y"], c.buf["d_branch"], c.buf["keep"], B, row));
+       if (c.i("bf16_grad")) {  // d_branch returned in bf16, widened here
+         RA_RETURN_IF_ERROR(c.zeros("d_branch16", (B * row + 1) / 2));
+         RA_RETURN_IF_ERROR(c.be.residual_backward(c.buf["dy_y"], nullptr, reinterpret_cast<uint16_t*>(c.buf["d_branch16"]),
+                                                   c.buf["keep"], B, row));
+         RA_RETURN_IF_ERROR(c.buf.get_bf16("d_branch16", B * row, "d_branch", c.out));
+       } else {
+         RA_RETURN_IF_ERROR(c.be.residual_backward(c.buf["dy_y"], c.buf["d_branch"], nullptr, c.buf["keep"], B, row));
+         RA_RETURN_IF_ERROR(c.get({"d_branch"}));
+       }
        RA_RETURN_IF_ERROR(c.buf.get("dy_y", c.out));
        (*c.out)["d_x"] = std::move((*c.out)["dy_y"]);  // the skip path: dx = dy
        c.out->erase("dy_y");
-       return c.get({"d_branch"});
+       return Status::Ok();
      }},
     {"cross_entropy", [](Context& c) {  // logits [B,C] + labels [B] or soft [B,C] → loss [1]
        const int64_t B = c.i("B"), C = c.i("C");

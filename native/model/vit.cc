@@ -730,18 +730,22 @@ Status ViT::backward_compute(const Target& target) {
   for (int64_t i = c.depth - 1; i >= 0; --i) {
     const Block& k = blocks_[i];
     const Saved& s = saved_[i];
-    // MLP branch.
+    // MLP branch. With stochastic depth the branch's gradient is its own tensor, which with bf16
+    // activations the residual op hands over in bf16 (fc2, frozen, rounds it anyway).
+    const bool bf16 = bf16_activations();
+    uint16_t* d_branch16 = bf16 && s.keep2 ? reinterpret_cast<uint16_t*>(d_branch_) : nullptr;
     const float* d_branch = dx_;
     if (s.keep2) {
-      RA_RETURN_IF_ERROR(backend_.residual_backward(dx_, d_branch_, s.keep2, B, N * D));
-      d_branch = d_branch_;
+      RA_RETURN_IF_ERROR(backend_.residual_backward(dx_, d_branch16 ? nullptr : d_branch_, d_branch16, s.keep2, B,
+                                                    N * D));
+      d_branch = d_branch16 ? nullptr : d_branch_;
     }
     const float* fc1_in = k.adapter_mlp.A ? s.u2 : s.a2;
     if (recompute_mlp_) RA_RETURN_IF_ERROR(recompute_gelu_input(i, M));
     if (s.g_bf16) {
       // bf16 gradients through the frozen MLP, as the activations went (forward's GELU output
       // buffer holds them): fc2's input gradient, GELU's backward, fc1's input gradient.
-      RA_RETURN_IF_ERROR(linear_backward(backend_, d_branch, nullptr, M, ref(k.fc2), nullptr, 0.0f, {nullptr, s.g_bf16}));
+      RA_RETURN_IF_ERROR(linear_backward(backend_, d_branch, nullptr, M, ref(k.fc2), nullptr, 0.0f, {d_branch16, s.g_bf16}));
       RA_RETURN_IF_ERROR(backend_.gelu_backward_bf16_grads(s.h_bf16, s.g_bf16, s.g_bf16, M * F));
       RA_RETURN_IF_ERROR(norm_output(k.norm2, s.x_mid, s.a2, k.adapter_mlp.A != nullptr));
       RA_RETURN_IF_ERROR(linear_backward(backend_, nullptr, fc1_in, M, ref(k.fc1), d_u_, 0.0f, {s.g_bf16, nullptr}));
@@ -759,12 +763,14 @@ Status ViT::backward_compute(const Target& target) {
     RA_RETURN_IF_ERROR(backend_.layernorm_backward(d_u_, D, s.x_mid, D, k.norm2.w->data, s.mean2, s.rstd2,
                                                    dx_, k.norm2.w->grad, k.norm2.b->grad, M, D));
     // Attention branch.
+    d_branch16 = bf16 && s.keep1 ? reinterpret_cast<uint16_t*>(d_branch_) : nullptr;
     d_branch = dx_;
     if (s.keep1) {
-      RA_RETURN_IF_ERROR(backend_.residual_backward(dx_, d_branch_, s.keep1, B, N * D));
-      d_branch = d_branch_;
+      RA_RETURN_IF_ERROR(backend_.residual_backward(dx_, d_branch16 ? nullptr : d_branch_, d_branch16, s.keep1, B,
+                                                    N * D));
+      d_branch = d_branch16 ? nullptr : d_branch_;
     }
-    RA_RETURN_IF_ERROR(linear_backward(backend_, d_branch, s.o, M, ref(k.proj), d_o_));
+    RA_RETURN_IF_ERROR(linear_backward(backend_, d_branch, s.o, M, ref(k.proj), d_o_, 0.0f, {d_branch16, nullptr}));
     // With bf16 activations attention's input gradient comes rounded to bf16, which the qkv
     // product's rounding of its operand would do anyway.
     const float* qkv_in = k.adapter_attn.A ? s.u1 : s.a1;

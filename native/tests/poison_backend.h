@@ -174,10 +174,11 @@ class PoisonBackend final : public Backend {
     if (y != x) RA_RETURN_IF_ERROR(poison(y, B * row));
     return inner_.residual_add(y, x, branch, keep, B, row);
   }
-  Status residual_backward(const float* dx, float* d_branch, const float* keep, int64_t B,
-                           int64_t row) override {
-    if (d_branch != dx) RA_RETURN_IF_ERROR(poison(d_branch, B * row));
-    return inner_.residual_backward(dx, d_branch, keep, B, row);
+  Status residual_backward(const float* dx, float* d_branch, uint16_t* d_branch_bf16,
+                           const float* keep, int64_t B, int64_t row) override {
+    if (d_branch && d_branch != dx) RA_RETURN_IF_ERROR(poison(d_branch, B * row));
+    if (d_branch_bf16) RA_RETURN_IF_ERROR(poison_bf16(d_branch_bf16, B * row));
+    return inner_.residual_backward(dx, d_branch, d_branch_bf16, keep, B, row);
   }
 
   Status cross_entropy(const float* logits, const int32_t* labels, const float* soft,
