@@ -170,7 +170,8 @@ class Backend {
   // (cpu/attention.cc defines it exactly; a fused kernel may round e against a running maximum,
   // and the difference it makes is documented with the kernel). qkv is stored in the compute
   // dtype: float32, or in kBF16 bf16 values (the qkv Linear's output rounded, Gemm::C_bf16) —
-  // the operands the definition rounds anyway, at half the bytes. out, d_out, d_qkv are float32.
+  // the operands the definition rounds anyway, at half the bytes. d_out is float32; out and d_qkv
+  // are float32, or bf16 in the places described below.
   virtual int64_t attention_saved_floats(int64_t B, int64_t N, int64_t H, int64_t Dh,
                                          DType compute) const = 0;
   // In kBF16, out_bf16 may replace out (then null): out rounded to bf16, for a frozen proj
@@ -210,8 +211,7 @@ class Backend {
   //   a = LN(x; ln_w, ln_b, eps),  z = dropout(A a + a_bias),  u = a + s · (B̂ z + up_b),
   // exactly layernorm_forward, the down-projection gemm, dropout_forward (mask
   // uniform01(seed, *step_key ^ site, i) ≥ p on z's flat index i = m·R + r; p = 0: no dropout,
-  // and step_key may be null) and
-  // adapter_up_forward composed, up to float rounding.
+  // and step_key may be null) and adapter_up_forward composed, up to float rounding.
   // x: [M, D] with rows ldx apart; A (conv_A): [R, D]; a_bias: [R]; up_w (conv_B): [D, R/G];
   // up_b: [D]. Outputs: u [M, D] (or u_bf16 in its place: u rounded to bf16, for a frozen bf16
   // Linear that reads it); z [M, R]; a [M, D], mean [M], rstd [M] only where given (what
