@@ -1,5 +1,7 @@
-// The CUDA backend: every op of backend.h on one GPU, float32, mirroring native/cpu op for op
-// (same formulas, same accumulation precision where the CPU uses double, same dropout masks).
+// The CUDA backend: every op of backend.h on one GPU, mirroring native/cpu op for op (same
+// formulas, same accumulation precision where the CPU uses double, same dropout masks), in
+// float32 and, for bf16 compute, with bf16 products on the tensor cores (cuBLASLt, and the
+// attention kernels of flash_attention_bf16.cuh).
 //
 // It is built as its own shared library, repadapter_cuda.so, and loaded at run time by
 // native/core/backend_registry.cc through one C entry point (repadapter_create_cuda_backend,
