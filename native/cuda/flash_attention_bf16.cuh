@@ -178,6 +178,31 @@ __device__ __forceinline__ void accumulators_as_a(uint32_t (&a)[4], const float 
   a[3] = pack_bf16(c[2 * kk + 1][2], c[2 * kk + 1][3]);
 }
 
+// The score and dP tiles both backward kernels form, over the first `live` tiles of 8 columns
+// (zeros past them): s = A1 · t1ᵀ and dp = A2 · t2ᵀ, the A operands held in registers (k-steps
+// of 16 over d), t1 and t2 shared tiles whose rows are the columns.
+template <int NT, int KD, int S>
+__device__ __forceinline__ void score_and_dp_tiles(float (&s)[NT][4], float (&dp)[NT][4],
+                                                   const uint32_t (&a1)[KD][4],
+                                                   const uint32_t (&a2)[KD][4],
+                                                   const uint32_t (*t1)[S],
+                                                   const uint32_t (*t2)[S], int live) {
+#pragma unroll
+  for (int c = 0; c < NT; ++c) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[c][e] = dp[c][e] = 0.0f;
+    if (c < live)
+#pragma unroll
+      for (int kk = 0; kk < KD; ++kk) {
+        uint32_t bf[2];
+        load_b(bf, t1, 8 * c, kk);
+        mma_m16n8k16(s[c], a1[kk], bf);
+        load_b(bf, t2, 8 * c, kk);
+        mma_m16n8k16(dp[c], a2[kk], bf);
+      }
+  }
+}
+
 // Max and sum over the 4 lanes (t = 0..3) that share an accumulator row.
 __device__ __forceinline__ float quad_max(float v) {
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
@@ -363,20 +388,7 @@ __global__ void __launch_bounds__(kThreads)
     // s = k̂ q̂ᵀ and dp = v̂ dÔᵀ: key rows g, g + 8 of the warp against queries 8c + 2t + (e & 1).
     const int live = live_tiles<NQ>(i0, N);
     float s[NQ][4], dp[NQ][4];
-#pragma unroll
-    for (int c = 0; c < NQ; ++c) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[c][e] = dp[c][e] = 0.0f;
-      if (c < live)
-#pragma unroll
-        for (int kk = 0; kk < KD; ++kk) {
-          uint32_t bf[2];
-          load_b(bf, qs, 8 * c, kk);
-          mma_m16n8k16(s[c], kf[kk], bf);
-          load_b(bf, gs, 8 * c, kk);
-          mma_m16n8k16(dp[c], vf[kk], bf);
-        }
-    }
+    score_and_dp_tiles(s, dp, kf, vf, qs, gs, live);
 #pragma unroll
     for (int c = 0; c < NQ; ++c)
 #pragma unroll
@@ -473,20 +485,7 @@ __global__ void __launch_bounds__(kThreads)
     // j0 + 8c + 2t + (e & 1).
     const int live = live_tiles<NK>(j0, N);
     float s[NK][4], dp[NK][4];
-#pragma unroll
-    for (int c = 0; c < NK; ++c) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[c][e] = dp[c][e] = 0.0f;
-      if (c < live)
-#pragma unroll
-        for (int kk = 0; kk < KD; ++kk) {
-          uint32_t bf[2];
-          load_b(bf, ks, 8 * c, kk);
-          mma_m16n8k16(s[c], qf[kk], bf);
-          load_b(bf, vs, 8 * c, kk);
-          mma_m16n8k16(dp[c], gf[kk], bf);
-        }
-    }
+    score_and_dp_tiles(s, dp, qf, gf, ks, vs, live);
 #pragma unroll
     for (int c = 0; c < NK; ++c)
 #pragma unroll
