@@ -66,10 +66,10 @@ export interface NativeSgdHyper {
   first: boolean;
   gradScale: number;
 }
+/** An optimizer's kind with its hyperparameters for one update. */
+export type NativeHyper = { kind: 'adamw'; hyper: NativeAdamWHyper } | { kind: 'sgd'; hyper: NativeSgdHyper };
 /** One optimizer update as the fused training step applies it (ViT::train_step). */
-export type NativeUpdate =
-  | { kind: 'adamw'; ranges: Float64Array; hyper: NativeAdamWHyper; clipMaxNorm: number }
-  | { kind: 'sgd'; ranges: Float64Array; hyper: NativeSgdHyper; clipMaxNorm: number };
+export type NativeUpdate = NativeHyper & { ranges: Float64Array; clipMaxNorm: number };
 
 export interface NativeViTHandle {
   params(): NativeParamInfo[];

@@ -26,7 +26,7 @@
  * hyperparameters merged, and rebuilt only when a group's lr or weight decay changes.
  */
 import { ArgumentError, ConfigError, StateDictError, expected, formatValue } from '../errors.js';
-import { call, type NativeAdamWHyper, type NativeParamInfo, type NativeSgdHyper, type NativeViTHandle, type TrainableSet } from '../native.js';
+import { call, type NativeHyper, type NativeParamInfo, type NativeViTHandle, type TrainableSet } from '../native.js';
 import type { Tensor } from '../tensor.js';
 import type { ParamInfo, Target, ViT } from '../vit.js';
 import type { Schedule, SchedulePosition } from './schedules.js';
@@ -237,8 +237,8 @@ export abstract class Optimizer {
   /** State slots the update uses (with the given hyperparameters, else the current ones). */
   protected abstract slotNames(hyper?: Record<string, unknown>): string[];
   /** One fused native update over `ranges`. */
-  /** The native hyperparameters of update number `step` (from 1) on gradients scaled by gradScale. */
-  protected abstract nativeHyper(step: number, gradScale: number): NativeAdamWHyper | NativeSgdHyper;
+  /** The native kind and hyperparameters of update number `step` (from 1) on gradients scaled by gradScale. */
+  protected abstract nativeHyper(step: number, gradScale: number): NativeHyper;
   /** Subclass hyperparameters as JSON. */
   protected abstract hyper(): Record<string, number | boolean | number[]>;
   protected abstract setHyper(h: Record<string, unknown>): void;
@@ -354,9 +354,9 @@ export abstract class Optimizer {
     const ranges = this.#currentRanges();
     const step = this.#step + 1;
     if (this.#numel > 0) {
-      const hyper = this.nativeHyper(step, gradScale);
-      if (this.kind === 'adamw') call(() => handle.adamwStep(ranges, hyper as NativeAdamWHyper));
-      else call(() => handle.sgdStep(ranges, hyper as NativeSgdHyper));
+      const update = this.nativeHyper(step, gradScale);
+      if (update.kind === 'adamw') call(() => handle.adamwStep(ranges, update.hyper));
+      else call(() => handle.sgdStep(ranges, update.hyper));
     }
     this.#step = step;
     this.#pending = 0;
@@ -381,14 +381,7 @@ export abstract class Optimizer {
     const ranges = this.#currentRanges();
     const step = this.#step + 1;
     const clipMaxNorm = this.#clip ?? 0;
-    const update = { ranges, clipMaxNorm, hyper: this.nativeHyper(step, 1) } as const;
-    const result = await model.trainStepAsync(
-      images,
-      target,
-      this.kind === 'adamw'
-        ? { kind: 'adamw', ...update, hyper: update.hyper as NativeAdamWHyper }
-        : { kind: 'sgd', ...update, hyper: update.hyper as NativeSgdHyper },
-    );
+    const result = await model.trainStepAsync(images, target, { ...this.nativeHyper(step, 1), ranges, clipMaxNorm });
     this.#step = step;
     const { gradNorm } = result;
     const gradScale = gradNorm !== undefined ? clipCoefficient(gradNorm, clipMaxNorm) : 1;
@@ -663,8 +656,8 @@ export class AdamW extends Optimizer {
     return ['exp_avg', 'exp_avg_sq'];
   }
 
-  protected nativeHyper(step: number, gradScale: number): NativeAdamWHyper {
-    return { beta1: this.#beta1, beta2: this.#beta2, eps: this.#eps, step, gradScale };
+  protected nativeHyper(step: number, gradScale: number): NativeHyper {
+    return { kind: 'adamw', hyper: { beta1: this.#beta1, beta2: this.#beta2, eps: this.#eps, step, gradScale } };
   }
 
   protected hyper(): Record<string, number | boolean | number[]> {
@@ -727,9 +720,10 @@ export class SGD extends Optimizer {
     return momentum !== 0 ? ['momentum_buffer'] : [];
   }
 
-  protected nativeHyper(step: number, gradScale: number): NativeSgdHyper {
+  protected nativeHyper(step: number, gradScale: number): NativeHyper {
     // The momentum buffer starts as the first gradient (torch: buf = clone(d_p)) on the first update.
-    return { momentum: this.#momentum, dampening: this.#dampening, nesterov: this.#nesterov, first: step === 1, gradScale };
+    const hyper = { momentum: this.#momentum, dampening: this.#dampening, nesterov: this.#nesterov, first: step === 1, gradScale };
+    return { kind: 'sgd', hyper };
   }
 
   protected hyper(): Record<string, number | boolean | number[]> {
