@@ -316,7 +316,7 @@ DropoutDraw ViT::dropout_draw(int64_t block, int which) const {
 }
 
 Status ViT::stage_draws(int64_t B) {
-  RA_RETURN_IF_ERROR(stage_update({}, nullptr, nullptr));  // makes the step buffer
+  RA_RETURN_IF_ERROR(ensure_step_buffer(0));
   const uint64_t key = mix64(step_);
   RA_RETURN_IF_ERROR(backend_.upload(step_key_, &key, sizeof(key)));
   if (!keep_scales_) return Status::Ok();
@@ -842,38 +842,42 @@ static Status check_ranges(const std::vector<ViT::UpdateRange>& ranges, int64_t 
   return Status::Ok();
 }
 
-// The step buffer: the dropout key, Σ grad², the update's scalars, then its jobs; 64-byte
-// aligned parts. Growing it keeps the values already written (a forward's key must survive
-// until its backward) and drops the recordings, which read the old one.
+// The step buffer: the dropout key, Σ grad², the update's scalars, then room for `jobs` jobs;
+// 64-byte aligned parts. Growing it keeps the values already written (a forward's key must
+// survive until its backward) and drops the recordings, which read the old one.
+Status ViT::ensure_step_buffer(int64_t jobs) {
+  if (step_buffer_ && jobs <= job_capacity_) return Status::Ok();
+  constexpr size_t kHeader = 64 + 64 + (std::max(sizeof(AdamWScalars), sizeof(SgdScalars)) + 63) / 64 * 64;
+  const int64_t capacity = std::max<int64_t>({jobs, 2 * job_capacity_, 64});
+  void* grown = nullptr;
+  RA_RETURN_IF_ERROR(backend_.allocate(kHeader + capacity * sizeof(UpdateJob), &grown));
+  if (step_buffer_) {
+    const Status copied = backend_.copy(grown, step_buffer_, kHeader);
+    if (!copied.ok()) {
+      backend_.release(grown);
+      return copied;
+    }
+  }
+  drop_graph();
+  backend_.release(step_buffer_);
+  step_buffer_ = grown;
+  char* base = static_cast<char*>(grown);
+  step_key_ = reinterpret_cast<uint64_t*>(base);
+  grad_sum_squares_ = reinterpret_cast<double*>(base + 64);
+  update_scalars_ = base + 128;
+  update_jobs_ = reinterpret_cast<UpdateJob*>(base + kHeader);
+  job_capacity_ = capacity;
+  return Status::Ok();
+}
+
+// Exactly one of adamw and sgd: the update's jobs and scalars into the step buffer.
 Status ViT::stage_update(const std::vector<UpdateRange>& ranges, const AdamWStep* adamw,
                          const SgdStep* sgd) {
   int64_t total = 0;
   const std::vector<UpdateJob> jobs =
       update_jobs(ranges.data(), static_cast<int64_t>(ranges.size()), adamw, &total);
-  constexpr size_t kHeader = 64 + 64 + (std::max(sizeof(AdamWScalars), sizeof(SgdScalars)) + 63) / 64 * 64;
   const int64_t count = static_cast<int64_t>(jobs.size());
-  if (!step_buffer_ || count > job_capacity_) {
-    const int64_t capacity = std::max<int64_t>({count, 2 * job_capacity_, 64});
-    void* grown = nullptr;
-    RA_RETURN_IF_ERROR(backend_.allocate(kHeader + capacity * sizeof(UpdateJob), &grown));
-    if (step_buffer_) {
-      const Status copied = backend_.copy(grown, step_buffer_, kHeader);
-      if (!copied.ok()) {
-        backend_.release(grown);
-        return copied;
-      }
-    }
-    drop_graph();
-    backend_.release(step_buffer_);
-    step_buffer_ = grown;
-    char* base = static_cast<char*>(grown);
-    step_key_ = reinterpret_cast<uint64_t*>(base);
-    grad_sum_squares_ = reinterpret_cast<double*>(base + 64);
-    update_scalars_ = base + 128;
-    update_jobs_ = reinterpret_cast<UpdateJob*>(base + kHeader);
-    job_capacity_ = capacity;
-  }
-  if (!adamw && !sgd) return Status::Ok();
+  RA_RETURN_IF_ERROR(ensure_step_buffer(count));
   if (count) RA_RETURN_IF_ERROR(backend_.upload(update_jobs_, jobs.data(), count * sizeof(UpdateJob)));
   if (adamw) {
     const AdamWScalars s = adamw_scalars(*adamw);
@@ -914,7 +918,7 @@ Status ViT::sgd_step(const std::vector<UpdateRange>& ranges, SgdStep hyper) {
 Status ViT::grad_sum_squares(double* out) {
   *out = 0;
   if (trainable_numel_ == 0) return Status::Ok();
-  RA_RETURN_IF_ERROR(stage_update({}, nullptr, nullptr));  // makes the step buffer
+  RA_RETURN_IF_ERROR(ensure_step_buffer(0));
   RA_RETURN_IF_ERROR(backend_.sum_squares(grad_, trainable_numel_, grad_sum_squares_));
   return backend_.download(out, grad_sum_squares_, sizeof(double));
 }
@@ -937,8 +941,7 @@ Status ViT::train_step(const float* images_host, int64_t B, const Target& target
   RA_RETURN_IF_ERROR(plan(B, true, keep, false));
   RA_RETURN_IF_ERROR(refresh_bf16());
   RA_RETURN_IF_ERROR(ensure_optimizer_state(adamw ? 2 : update.sgd.momentum != 0.0f ? 1 : 0));
-  // Everything the step reads goes to backend memory first; the update's buffer before the
-  // draws, since growing it moves the key.
+  // Everything the step reads goes to backend memory first.
   RA_RETURN_IF_ERROR(stage_update(update.ranges, adamw ? &update.adamw : nullptr, adamw ? nullptr : &update.sgd));
   ++step_;
   RA_RETURN_IF_ERROR(stage_draws(B));

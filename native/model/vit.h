@@ -177,7 +177,9 @@ class ViT {
   Status stage_target(const Target& target, int64_t B);
   // Everything of backward() between uploading the target and downloading the loss.
   Status backward_compute(const Target& target);
-  // The update's jobs and scalars into backend memory (grows the step buffer when needed).
+  // The step buffer in backend memory, with room for `jobs` update jobs.
+  Status ensure_step_buffer(int64_t jobs);
+  // The update's jobs and scalars into it (exactly one of adamw and sgd).
   Status stage_update(const std::vector<UpdateRange>& ranges, const AdamWStep* adamw,
                       const SgdStep* sgd);
   Status update_compute(bool adamw);
