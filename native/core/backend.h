@@ -44,6 +44,21 @@ struct Gemm {
   uint16_t* C_bf16 = nullptr;
 };
 
+// What every backend's gemm requires of the bf16 activation operands above.
+inline Status check_bf16_activations(const Gemm& g) {
+  if ((g.A_bf16 || g.C_bf16) && !(g.B_bf16 && g.batch == 1 && (!g.C_bf16 || g.beta == 0.0f)))
+    return InvalidArgument("gemm: bf16 A or C needs bf16 B, batch 1 and (for C) beta 0");
+  return Status::Ok();
+}
+
+// An op that can hand an output over in bf16 takes it through one of two pointers: exactly one
+// given, the bf16 one only where allowed (bf16 compute). Every backend checks it so.
+inline Status one_output(const void* f32, const void* bf16, bool bf16_allowed, const char* what) {
+  if ((f32 == nullptr) == (bf16 == nullptr) || (bf16 && !bf16_allowed))
+    return InvalidArgument(std::string(what));
+  return Status::Ok();
+}
+
 // A slice of the flat parameter / gradient / state buffers that an optimizer step updates with
 // its own learning rate and weight decay (a parameter group, or part of one). Offsets and sizes
 // count floats.

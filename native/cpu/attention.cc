@@ -263,8 +263,7 @@ Status CpuBackend::attention_forward(const void* qkv, float* out, uint16_t* out_
   const int64_t D = H * Dh, ld = 3 * D;
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
   const bool bf16 = compute == DType::kBF16;
-  if ((out == nullptr) == (out_bf16 == nullptr) || (out_bf16 && !bf16))
-    return InvalidArgument("attention_forward: exactly one of out and (in bf16 compute) out_bf16");
+  RA_RETURN_IF_ERROR(one_output(out, out_bf16, bf16, "attention_forward: exactly one of out and (in bf16 compute) out_bf16"));
   Status status;
 #pragma omp parallel
   {
@@ -312,8 +311,7 @@ Status CpuBackend::attention_backward(const float* d_out, const void* qkv, const
   const int64_t D = H * Dh, ld = 3 * D;
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
   const bool bf16 = compute == DType::kBF16;
-  if ((d_qkv == nullptr) == (d_qkv_bf16 == nullptr) || (d_qkv_bf16 && !bf16))
-    return InvalidArgument("attention_backward: exactly one of d_qkv and (in bf16 compute) d_qkv_bf16");
+  RA_RETURN_IF_ERROR(one_output(d_qkv, d_qkv_bf16, bf16, "attention_backward: exactly one of d_qkv and (in bf16 compute) d_qkv_bf16"));
   Status status;
 #pragma omp parallel
   {

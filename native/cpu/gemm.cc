@@ -248,8 +248,7 @@ Status CpuBackend::gemm(const Gemm& g) {
     return InvalidArgument("gemm: empty or negative dimensions");
   // oneDNN scales the bias together with the product; we never need that, so forbid it.
   if (g.bias && g.alpha != 1.0f) return InvalidArgument("gemm: a bias needs alpha = 1");
-  if ((g.A_bf16 || g.C_bf16) && !(g.B_bf16 && g.batch == 1 && (!g.C_bf16 || g.beta == 0.0f)))
-    return InvalidArgument("gemm: bf16 A or C needs bf16 B, batch 1 and (for C) beta 0");
+  RA_RETURN_IF_ERROR(check_bf16_activations(g));
   if (g.B_bf16) return bf16_gemm(*this, g);
   if (is_skinny(g)) {
     if (omp_in_parallel()) {

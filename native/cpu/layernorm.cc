@@ -19,8 +19,7 @@ RA_VECTOR_CLONES void normalize_row(const float* x, const float* w, const float*
 Status CpuBackend::layernorm_forward(const float* x, int64_t ldx, const float* w, const float* b,
                                      float* y, uint16_t* y_bf16, int64_t ldy, float* mean,
                                      float* rstd, int64_t M, int64_t D, float eps) {
-  if ((y == nullptr) == (y_bf16 == nullptr))
-    return InvalidArgument("layernorm_forward: exactly one of y and y_bf16");
+  RA_RETURN_IF_ERROR(one_output(y, y_bf16, true, "layernorm_forward: exactly one of y and y_bf16"));
 #pragma omp parallel
   {
     // A bf16 y: each row in float32 first, then rounded.

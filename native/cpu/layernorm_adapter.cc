@@ -83,8 +83,7 @@ Status CpuBackend::layernorm_adapter_forward(const float* x, int64_t ldx, const 
                                              uint64_t site, float* a, float* z, float* u,
                                              uint16_t* u_bf16, float* mean, float* rstd,
                                              int64_t M, int64_t D, int64_t R, int64_t G) {
-  if ((u == nullptr) == (u_bf16 == nullptr))
-    return InvalidArgument("layernorm_adapter_forward: exactly one of u and u_bf16");
+  RA_RETURN_IF_ERROR(one_output(u, u_bf16, true, "layernorm_adapter_forward: exactly one of u and u_bf16"));
   if (G <= 0 || D % G != 0 || R % G != 0)
     return InvalidArgument("layernorm_adapter_forward: groups must divide D and R");
   if (ldx < D) return InvalidArgument("layernorm_adapter_forward: ldx is smaller than D");

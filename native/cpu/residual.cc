@@ -18,8 +18,7 @@ Status CpuBackend::residual_add(float* y, const float* x, const float* branch,
 
 Status CpuBackend::residual_backward(const float* dx, float* d_branch, uint16_t* d_branch_bf16,
                                      const float* keep_scale, int64_t B, int64_t row) {
-  if ((d_branch == nullptr) == (d_branch_bf16 == nullptr))
-    return InvalidArgument("residual_backward: exactly one of d_branch and d_branch_bf16");
+  RA_RETURN_IF_ERROR(one_output(d_branch, d_branch_bf16, true, "residual_backward: exactly one of d_branch and d_branch_bf16"));
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < B; ++b)
     for (int64_t i = 0; i < row; ++i) {

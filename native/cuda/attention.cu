@@ -219,8 +219,7 @@ int64_t CudaBackend::attention_saved_floats(int64_t B, int64_t N, int64_t H, int
 Status CudaBackend::attention_forward(const void* qkv, float* out, uint16_t* out_bf16,
                                       float* saved, int64_t B, int64_t N, int64_t H, int64_t Dh,
                                       DType compute) {
-  if ((out == nullptr) == (out_bf16 == nullptr) || (out_bf16 && compute != DType::kBF16))
-    return InvalidArgument("attention_forward: exactly one of out and (in bf16 compute) out_bf16");
+  RA_RETURN_IF_ERROR(one_output(out, out_bf16, compute == DType::kBF16, "attention_forward: exactly one of out and (in bf16 compute) out_bf16"));
   RA_CUDA_ENTRY();
   if (B <= 0 || N <= 0 || H <= 0 || Dh <= 0) return Status::Ok();
   const int64_t D = H * Dh, ld = 3 * D, NN = N * N;
@@ -283,8 +282,7 @@ Status CudaBackend::attention_forward(const void* qkv, float* out, uint16_t* out
 Status CudaBackend::attention_backward(const float* d_out, const void* qkv, const float* saved,
                                        float* d_qkv, uint16_t* d_qkv_bf16, int64_t B, int64_t N,
                                        int64_t H, int64_t Dh, DType compute) {
-  if ((d_qkv == nullptr) == (d_qkv_bf16 == nullptr) || (d_qkv_bf16 && compute != DType::kBF16))
-    return InvalidArgument("attention_backward: exactly one of d_qkv and (in bf16 compute) d_qkv_bf16");
+  RA_RETURN_IF_ERROR(one_output(d_qkv, d_qkv_bf16, compute == DType::kBF16, "attention_backward: exactly one of d_qkv and (in bf16 compute) d_qkv_bf16"));
   RA_CUDA_ENTRY();
   if (B <= 0 || N <= 0 || H <= 0 || Dh <= 0) return Status::Ok();
   const int64_t D = H * Dh, ld = 3 * D, NN = N * N;

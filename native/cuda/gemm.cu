@@ -280,8 +280,7 @@ Status CudaBackend::gemm_unlocked(const Gemm& g) {
   if (g.M <= 0 || g.N <= 0 || g.K <= 0 || g.batch <= 0)
     return InvalidArgument("gemm: empty or negative dimensions");
   if (g.bias && g.alpha != 1.0f) return InvalidArgument("gemm: a bias needs alpha = 1");
-  if ((g.A_bf16 || g.C_bf16) && !(g.B_bf16 && g.batch == 1 && (!g.C_bf16 || g.beta == 0.0f)))
-    return InvalidArgument("gemm: bf16 A or C needs bf16 B, batch 1 and (for C) beta 0");
+  RA_RETURN_IF_ERROR(check_bf16_activations(g));
   const bool bf16 = g.B_bf16 != nullptr;
   // What cuBLAS reads as our A and B, and the shape its plan is made for: the caller's operands,
   // or for bf16 the dense bf16 copy of A (in its stored orientation; none when A is bf16

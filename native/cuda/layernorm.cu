@@ -91,8 +91,7 @@ unsigned row_blocks(const CudaBackend& be, int64_t M) {
 Status CudaBackend::layernorm_forward(const float* x, int64_t ldx, const float* w,
                                       const float* b, float* y, uint16_t* y_bf16, int64_t ldy,
                                       float* mean, float* rstd, int64_t M, int64_t D, float eps) {
-  if ((y == nullptr) == (y_bf16 == nullptr))
-    return InvalidArgument("layernorm_forward: exactly one of y and y_bf16");
+  RA_RETURN_IF_ERROR(one_output(y, y_bf16, true, "layernorm_forward: exactly one of y and y_bf16"));
   RA_CUDA_ENTRY();
   if (M <= 0 || D <= 0) return Status::Ok();
   layernorm_forward_kernel<<<row_blocks(*this, M), 32 * kRowsPerBlock, 0, stream_>>>(

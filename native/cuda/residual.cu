@@ -40,8 +40,7 @@ Status CudaBackend::residual_add(float* y, const float* x, const float* branch,
 
 Status CudaBackend::residual_backward(const float* dx, float* d_branch, uint16_t* d_branch_bf16,
                                       const float* keep_scale, int64_t B, int64_t row) {
-  if ((d_branch == nullptr) == (d_branch_bf16 == nullptr))
-    return InvalidArgument("residual_backward: exactly one of d_branch and d_branch_bf16");
+  RA_RETURN_IF_ERROR(one_output(d_branch, d_branch_bf16, true, "residual_backward: exactly one of d_branch and d_branch_bf16"));
   RA_CUDA_ENTRY();
   if (B * row <= 0) return Status::Ok();
   residual_backward_kernel<<<blocks_for(B * row), 256, 0, stream_>>>(dx, d_branch, d_branch_bf16,
