@@ -612,10 +612,13 @@ void attention_inference_case(Backend& cpu, Backend& gpu, std::vector<Result>* r
     Status st;
     for (int i = 0; i < 2 && st.ok(); ++i) {
       Pool pool(*be[i]);
-      float *pq = nullptr, *po = nullptr;
+      float *pq = nullptr, *po = nullptr, *pq16 = nullptr;
       st = pool.put(qkv, &pq);
       if (st.ok()) st = pool.alloc(B * N * D, &po);
-      if (st.ok()) st = be[i]->attention_forward(pq, po, nullptr, nullptr, B, N, H, Dh, sh.compute);
+      // bf16 compute takes qkv in bf16, as the model stores it.
+      if (st.ok() && bf16) st = pool.alloc((B * N * 3 * D + 1) / 2, &pq16);
+      if (st.ok() && bf16) st = be[i]->convert_to_bf16(pq, reinterpret_cast<uint16_t*>(pq16), B * N * 3 * D);
+      if (st.ok()) st = be[i]->attention_forward(bf16 ? pq16 : pq, po, nullptr, nullptr, B, N, H, Dh, sh.compute);
       if (st.ok()) st = pool.get(po, B * N * D, &out[i]);
     }
     results->push_back(st.ok() ? compare("attention", label, "out", out[0], out[1], bf16 ? 1e-2 : 1e-5)
